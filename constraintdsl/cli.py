@@ -1,0 +1,120 @@
+"""The ``cdsl`` command line: argument parsing only; the work is in ``commands``.
+
+Exit codes: 0 ok, 1 check failed (or specs differ), 2 invalid input or usage, 3 internal error.
+Errors are rendered as ``file:line:col: error: …`` without tracebacks unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from . import commands
+from .errors import UserError
+
+__all__ = ["app", "main"]
+
+EXIT_INTERNAL = 3
+
+app = typer.Typer(
+    name="cdsl",
+    help="constraintdsl: constraint sets over a model's concept directions, as data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class SpecFormat(str, Enum):
+    dsl = "dsl"
+    yaml = "yaml"
+
+
+Files = Annotated[list[str], typer.Argument(help="spec files (.cdsl or .yaml)", metavar="FILE...")]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for internal errors")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def check(
+    files: Files,
+    format: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+) -> None:
+    """Check spec files: syntax, references, includes and concept files; report every problem."""
+    raise typer.Exit(commands.check(files, fmt=format.value, out=sys.stdout, err=sys.stderr))
+
+
+@app.command()
+def fmt(
+    files: Files,
+    check: Annotated[
+        bool, typer.Option("--check", help="only report files that would change (exit 1)")
+    ] = False,
+    to: Annotated[
+        SpecFormat | None, typer.Option("--to", help="print the file converted to dsl or yaml")
+    ] = None,
+) -> None:
+    """Rewrite spec files in canonical form (idempotent; comments kept in DSL files)."""
+    raise typer.Exit(
+        commands.fmt(files, check_only=check, to=to.value if to else None, out=sys.stdout, err=sys.stderr)
+    )
+
+
+@app.command("hash")
+def hash_(file: Annotated[str, typer.Argument(help="spec file", metavar="FILE")]) -> None:
+    """Print the content hash of a spec: canonical form plus the hashes of its concept files."""
+    raise typer.Exit(commands.hash_file(file, out=sys.stdout))
+
+
+@app.command()
+def diff(
+    old: Annotated[str, typer.Argument(metavar="A")],
+    new: Annotated[str, typer.Argument(metavar="B")],
+    format: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+) -> None:
+    """Semantic diff of two specs (exit 1 when they differ)."""
+    raise typer.Exit(commands.diff_files(old, new, fmt=format.value, out=sys.stdout))
+
+
+@app.command()
+def schema(
+    output: Annotated[str | None, typer.Option("-o", "--output", help="write to this file")] = None,
+) -> None:
+    """Print the JSON Schema of the YAML spec form."""
+    raise typer.Exit(commands.schema(output, out=sys.stdout))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``cdsl``; returns the exit code instead of raising SystemExit."""
+    try:
+        app(args=argv, prog_name="cdsl")
+    except SystemExit as e:  # click's own usage errors exit 2 with their message
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except UserError as e:
+        sys.stderr.write(e.render() + "\n")
+        return commands.EXIT_INVALID
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except Exception as e:
+        if _state["debug"]:
+            raise
+        sys.stderr.write(
+            f"internal error: {type(e).__name__}: {e}\nhint: rerun with --debug for the traceback\n"
+        )
+        return EXIT_INTERNAL
+    return 0

@@ -1,0 +1,190 @@
+"""What each ``cdsl`` verb does, apart from argument parsing (that is ``cli``).
+
+Each function takes already-parsed arguments and output streams and returns an exit code:
+0 ok, 1 check failed (or specs differ), 2 invalid input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+from .atomic import write_atomic
+from .canonical import spec_hash, to_dsl, to_yaml
+from .diff import diff, render_changes
+from .errors import Diagnostic, Span, SpecError, UserError
+from .load import load, parse_file, read_text
+from .parser import is_yaml_path, normalize_text
+from .spec import Spec
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "check",
+    "concept_hashes",
+    "diff_files",
+    "fmt",
+    "hash_file",
+    "schema",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def concept_hashes(spec: Spec) -> dict[str, str]:
+    """``concept:NAME`` → sha256 of the file each concept names (pairs data or artifact).
+
+    Paths are relative to the spec's folder.  A missing or unreadable file is an error at the
+    statement's path.
+    """
+    base = Path(spec.path).parent
+    out: dict[str, str] = {}
+    diags: list[Diagnostic] = []
+    for c in spec.concepts:
+        p = Path(os.path.normpath(base / c.path))
+        try:
+            out[f"concept:{c.name}"] = "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            diags.append(
+                Diagnostic(c.path_span, f"concept file not found: {p}", "paths are relative to the spec file")
+            )
+        except OSError as e:
+            diags.append(Diagnostic(c.path_span, f"cannot read concept file {p}: {e.strerror}", None))
+    if diags:
+        raise SpecError(diags, _sources(spec))
+    return out
+
+
+def _sources(spec: Spec) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in spec.sources or (spec.path,):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            out[path] = normalize_text(Path(path).read_text(encoding="utf-8"))
+    return out
+
+
+def _load_checked(path: str, *, resolve_concepts: bool) -> tuple[Spec, dict[str, str]]:
+    spec = load(path)
+    return spec, concept_hashes(spec) if resolve_concepts else {}
+
+
+def check(paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_concepts: bool = True) -> int:
+    """``cdsl check``: load each spec (includes, concept files) and report every problem."""
+    code = EXIT_OK
+    results: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            spec, extra = _load_checked(path, resolve_concepts=resolve_concepts)
+        except SpecError as e:
+            code = max(code, EXIT_FAILED)
+            results.append({"path": path, "ok": False, **e.to_dict()})
+            if fmt == "text":
+                err.write(e.render() + "\n")
+            continue
+        except UserError as e:
+            code = EXIT_INVALID
+            results.append({"path": path, "ok": False, **e.to_dict()})
+            if fmt == "text":
+                err.write(e.render() + "\n")
+            continue
+        digest = spec_hash(spec, extra)
+        results.append(
+            {
+                "path": path,
+                "ok": True,
+                "hash": digest,
+                "concepts": len(spec.concepts),
+                "constraints": len(spec.constraints),
+                "diagnostics": [],
+            }
+        )
+        if fmt == "text":
+            out.write(f"ok: {path} ({len(spec.concepts)} concepts, {len(spec.constraints)} constraints)\n")
+    if fmt == "json":
+        out.write(json.dumps({"files": results}, indent=2, ensure_ascii=False) + "\n")
+    return code
+
+
+def _yaml_comment(text: str) -> tuple[int, int] | None:
+    """Line and column of the first YAML comment, if any (pyyaml would drop it)."""
+    from .parser import _comment_start
+
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        col = _comment_start(line)
+        if col is not None and (col == 0 or line[col - 1] in " \t"):
+            return lineno, col + 1
+    return None
+
+
+def fmt(paths: list[str], *, check_only: bool, to: str | None, out: TextIO, err: TextIO) -> int:
+    """``cdsl fmt``: rewrite files in canonical form (atomically), or ``--check``, or ``--to``."""
+    if to is not None and len(paths) != 1:
+        raise UserError(
+            "--to",
+            "--to converts one file at a time and prints it",
+            "cdsl fmt spec.cdsl --to yaml > spec.yaml",
+        )
+    code = EXIT_OK
+    for path in paths:
+        spec = parse_file(path)
+        as_yaml = is_yaml_path(path) if to is None else to == "yaml"
+        canonical = to_yaml(spec) if as_yaml else to_dsl(spec, comments=True)
+        if to is not None:
+            out.write(canonical)
+            continue
+        text = normalize_text(read_text(path))
+        if text == canonical:
+            continue
+        if check_only:
+            out.write(f"would reformat {path}\n")
+            code = EXIT_FAILED
+            continue
+        if as_yaml:
+            where = _yaml_comment(text)
+            if where is not None:
+                raise SpecError.single(
+                    Span(path, where[0], where[1]),
+                    "fmt would drop this comment (YAML comments are not kept)",
+                    "use `cdsl fmt --check`, or convert with `--to dsl`, which keeps comments",
+                    source=text,
+                )
+        write_atomic(Path(path), canonical)
+        out.write(f"reformatted {path}\n")
+    return code
+
+
+def hash_file(path: str, *, out: TextIO) -> int:
+    """``cdsl hash``: sha256 of the canonical spec plus the hashes of its concept files."""
+    spec, extra = _load_checked(path, resolve_concepts=True)
+    out.write(f"{spec_hash(spec, extra)}  {path}\n")
+    return EXIT_OK
+
+
+def diff_files(a: str, b: str, *, fmt: str, out: TextIO) -> int:
+    """``cdsl diff``: semantic differences; exit 1 when the specs differ."""
+    changes = diff(load(a), load(b))
+    if fmt == "json":
+        out.write(
+            json.dumps({"old": a, "new": b, "changes": [c.to_dict() for c in changes]}, indent=2) + "\n"
+        )
+    else:
+        out.write(render_changes(changes, a, b))
+    return EXIT_FAILED if changes else EXIT_OK
+
+
+def schema(output: str | None, *, out: TextIO) -> int:
+    """``cdsl schema``: JSON Schema of the YAML form (to stdout or a file)."""
+    from .yaml_twin import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output is None:
+        out.write(text)
+    else:
+        write_atomic(Path(output), text)
+        out.write(f"wrote {output}\n")
+    return EXIT_OK

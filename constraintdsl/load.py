@@ -1,0 +1,155 @@
+"""Reading spec files: one file as written (``parse_file``), or a whole spec with its
+``include``s followed and flattened (``load``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+
+from .errors import Diagnostic, Span, SpecError, UserError
+from .parser import is_yaml_path, normalize_text, parse
+from .spec import Concept, Include, Op, Spec
+from .validate import assemble, check_concepts
+
+__all__ = ["MAX_BYTES", "load", "parse_file", "read_text"]
+
+MAX_BYTES = 16 * 1024 * 1024
+
+
+def read_text(path: str | Path, *, at: Span | None = None) -> str:
+    """A spec file's text (UTF-8), or a located error: missing file, too large, not UTF-8."""
+    p = Path(path)
+    where = str(path)
+
+    def fail(message: str, hint: str | None = None) -> SpecError | UserError:
+        if at is not None:
+            return SpecError.single(at, message, hint)
+        return UserError(where, message, hint)
+
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise fail(
+            f"no such file: {where}", "check the path (includes are relative to the including file)"
+        ) from None
+    except IsADirectoryError:
+        raise fail(f"{where} is a directory, not a spec file") from None
+    except OSError as e:
+        raise fail(f"cannot read {where}: {e.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise fail(
+            f"{where} is {len(data)} bytes; spec files are limited to {MAX_BYTES // (1024 * 1024)} MiB"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = data[: e.start].decode("utf-8", errors="replace")
+        line = before.count("\n") + 1
+        col = len(before) - (before.rfind("\n") + 1) + 1
+        raise SpecError.single(
+            Span(where, line, col), f"invalid UTF-8 byte 0x{data[e.start]:02x}", "save the file as UTF-8"
+        ) from None
+
+
+def parse_file(path: str | Path, *, at: Span | None = None) -> Spec:
+    """One file as written: DSL or YAML by extension, includes listed but not followed."""
+    text = read_text(path, at=at)
+    name = str(path)
+    if is_yaml_path(path):
+        from .yaml_twin import parse_yaml
+
+        text = normalize_text(text)
+        header, statements, diags = parse_yaml(text, name)
+        return assemble(header, statements, [], diags, name, text)
+    return parse(text, name)
+
+
+def load(path: str | Path) -> Spec:
+    """The spec a file means: includes resolved relative to each including file and flattened.
+
+    A file included twice (diamond) counts once; a cycle or a missing include is an error that
+    shows the include chain.  Concept paths are rewritten relative to ``path``'s folder.
+    """
+    root = Path(path)
+    sources: dict[str, str] = {}
+    seen: set[Path] = set()
+    concepts: list[Concept] = []
+    constraints: list[Op] = []
+    files: list[str] = []
+
+    def visit(p: Path, chain: tuple[Path, ...], at: Include | None) -> Spec:
+        real = p.resolve()
+        seen.add(real)
+        try:
+            spec = parse_file(p, at=at.span if at else None)
+        except SpecError as e:
+            sources.update(e.sources)
+            raise SpecError(e.diagnostics, sources) from None
+        files.append(str(p))
+        items: list[tuple[int, Include | Concept | Op]] = [(s.span.line, s) for s in spec.includes]
+        items += [(s.span.line, s) for s in spec.concepts]
+        items += [(s.span.line, s) for s in spec.constraints]
+        for _, stmt in sorted(items, key=lambda t: t[0]):
+            if isinstance(stmt, Include):
+                target = p.parent / stmt.path
+                treal = target.resolve()
+                if treal in {c.resolve() for c in (*chain, p)}:
+                    names = " → ".join(str(c) for c in (*chain, p, target))
+                    raise SpecError(
+                        Diagnostic(stmt.span, f"include cycle: {names}", "remove one of these includes"),
+                        _texts(sources, (*chain, p)),
+                    )
+                if treal in seen:
+                    continue
+                if not target.is_file():
+                    names = " → ".join(str(c) for c in (*chain, p, target))
+                    raise SpecError(
+                        Diagnostic(
+                            stmt.span, f"included file not found: {target}", f"include chain: {names}"
+                        ),
+                        _texts(sources, (*chain, p)),
+                    )
+                visit(target, (*chain, p), stmt)
+            elif isinstance(stmt, Concept):
+                concepts.append(_rebase(stmt, p.parent, root.parent))
+            else:
+                constraints.append(stmt)
+        return spec
+
+    try:
+        top = visit(root, (), None)
+    except SpecError as e:
+        raise SpecError(e.diagnostics, {**_texts({}, [Path(f) for f in files]), **e.sources}) from None
+    diags = check_concepts(concepts, constraints)
+    if diags:
+        raise SpecError(diags, _texts({}, [Path(f) for f in files]))
+    model = top.model
+    return Spec(
+        version=top.version,
+        name=top.name,
+        model=model,
+        includes=(),
+        concepts=tuple(concepts),
+        constraints=tuple(constraints),
+        path=str(root),
+        sources=tuple(files),
+        comments=top.comments,
+        header_lines=top.header_lines,
+    )
+
+
+def _rebase(concept: Concept, folder: Path, root_folder: Path) -> Concept:
+    if folder == root_folder or PurePosixPath(concept.path).is_absolute():
+        return concept
+    rel = os.path.relpath(folder / concept.path, root_folder)
+    return replace(concept, path=PurePosixPath(Path(rel)).as_posix())
+
+
+def _texts(sources: dict[str, str], paths: tuple[Path, ...] | list[Path]) -> dict[str, str]:
+    out = dict(sources)
+    for p in paths:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            out.setdefault(str(p), normalize_text(p.read_text(encoding="utf-8")))
+    return out

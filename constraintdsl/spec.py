@@ -1,0 +1,248 @@
+"""The typed, immutable constraint spec.
+
+Each statement class shares its name with the DSL keyword, the grammar rule and the YAML
+``op``: ``clamp`` → :class:`Clamp`, ``pin`` → :class:`Pin`, and so on.  Source spans ride
+along on every statement but never take part in equality, so a DSL file and its YAML twin
+produce equal specs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+
+from .errors import Span
+
+if TYPE_CHECKING:
+    from .diff import Change
+
+__all__ = [
+    "SITES",
+    "TOKEN_KINDS",
+    "Ablate",
+    "Clamp",
+    "Concept",
+    "Depth",
+    "Gate",
+    "Include",
+    "LayerRange",
+    "Layers",
+    "Op",
+    "Pin",
+    "Scale",
+    "Spec",
+    "Statement",
+    "Steer",
+    "Tokens",
+    "Unit",
+    "Value",
+    "Where",
+]
+
+SITES: tuple[str, ...] = ("resid", "attn", "mlp")
+TOKEN_KINDS: tuple[str, ...] = ("all", "prompt", "generated", "last", "first")
+NO_SPAN = Span("<spec>", 1, 1)
+
+
+class Unit(str, enum.Enum):
+    """How a value is measured: calibrated (bare number), raw projection, percentile, or std devs."""
+
+    calibrated = "calibrated"
+    raw = "raw"
+    percentile = "percentile"
+    sd = "sd"
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A number with its unit; for percentiles ``number`` is the level (``p25`` → 25)."""
+
+    number: float
+    unit: Unit = Unit.calibrated
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRange:
+    """Inclusive layer range; a single layer has ``start == stop``. Negative counts from the end."""
+
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, slots=True)
+class Layers:
+    """An explicit layer selection: a union of inclusive ranges."""
+
+    items: tuple[LayerRange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Depth:
+    """A model-portable layer selection by relative depth, in percent (inclusive)."""
+
+    start: float
+    stop: float
+
+
+Where: TypeAlias = Layers | Depth
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Which token positions an op acts on; ``count`` only for ``last``/``first``."""
+
+    kind: Literal["all", "prompt", "generated", "last", "first"] = "all"
+    count: int | None = None
+
+
+ALL_TOKENS = Tokens()
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """``when <concept> <cmp> <value> [at layer N]``: apply only to sequences whose prompt passes."""
+
+    concept: str
+    cmp: Literal[">=", "<=", ">", "<"]
+    value: Value
+    layer: int | None = None
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Concept:
+    """``concept NAME from pairs|file "PATH" [method mean|pca]``."""
+
+    keyword: ClassVar[str] = "concept"
+    name: str
+    source: Literal["pairs", "file"]
+    path: str
+    method: Literal["mean", "pca"] = "mean"
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    path_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    """``include "other.cdsl"``: composition, relative to the including file."""
+
+    keyword: ClassVar[str] = "include"
+    path: str
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _OpBase:
+    """Fields shared by every operation, in canonical clause order."""
+
+    concept: str
+    where: Where
+    site: str = "resid"
+    tokens: Tokens = ALL_TOKENS
+    gate: Gate | None = None
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    concept_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Clamp(_OpBase):
+    """Hard bound(s) on the projection: ``>= min``, ``<= max`` or ``in [min, max]``."""
+
+    keyword: ClassVar[str] = "clamp"
+    min: Value | None = None
+    max: Value | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pin(_OpBase):
+    """Pin the projection to one value: ``pin c = v``."""
+
+    keyword: ClassVar[str] = "pin"
+    value: Value = Value(0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Ablate(_OpBase):
+    """Remove the component along the direction (raw projection pinned to 0)."""
+
+    keyword: ClassVar[str] = "ablate"
+
+
+@dataclass(frozen=True, slots=True)
+class Steer(_OpBase):
+    """Add ``by`` (calibrated: times the pole distance) along the unit direction."""
+
+    keyword: ClassVar[str] = "steer"
+    by: Value = Value(0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Scale(_OpBase):
+    """Multiply the raw projection by ``by``."""
+
+    keyword: ClassVar[str] = "scale"
+    by: float = 1.0
+
+
+Op: TypeAlias = Clamp | Pin | Ablate | Steer | Scale
+Statement: TypeAlias = Concept | Include | Op
+OP_CLASSES: dict[str, type[Op]] = {c.keyword: c for c in (Clamp, Pin, Ablate, Steer, Scale)}
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A whole constraint set.
+
+    ``parse`` gives what one file says (its ``include`` statements listed, not followed);
+    ``load`` gives what it means: includes resolved and flattened, ``includes`` empty.
+    """
+
+    version: int = 1
+    name: str | None = None
+    model: str | None = None
+    includes: tuple[Include, ...] = ()
+    concepts: tuple[Concept, ...] = ()
+    constraints: tuple[Op, ...] = ()
+    path: str = field(default="<string>", compare=False)
+    sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    comments: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
+    header_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
+
+    def concept(self, name: str) -> Concept | None:
+        """The concept statement named ``name``, if any."""
+        for c in self.concepts:
+            if c.name == name:
+                return c
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (the YAML twin's structure)."""
+        from .canonical import to_dict
+
+        return to_dict(self)
+
+    def to_dsl(self, *, comments: bool = False) -> str:
+        """Canonical DSL text; with ``comments=True`` the file's comments are kept."""
+        from .canonical import to_dsl
+
+        return to_dsl(self, comments=comments)
+
+    def to_yaml(self) -> str:
+        """Canonical YAML text."""
+        from .canonical import to_yaml
+
+        return to_yaml(self)
+
+    def hash(self) -> str:
+        """``sha256:<hex>`` of the canonical form."""
+        from .canonical import spec_hash
+
+        return spec_hash(self)
+
+    def diff(self, other: Spec) -> list[Change]:
+        """Semantic changes from this spec to ``other``."""
+        from .diff import diff
+
+        return diff(self, other)
