@@ -8,7 +8,6 @@ Formatting is idempotent, and a spec's hash is the sha256 of its canonical DSL t
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import yaml
@@ -106,8 +105,23 @@ def format_gate(gate: Gate) -> str:
     return text if gate.layer is None else f"{text} at layer {gate.layer}"
 
 
-def _quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
+
+
+def quote(text: str) -> str:
+    """A DSL string literal: double quotes; backslash, quote, newline, tab and controls escaped."""
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_quote = quote
 
 
 def _op_head(op: Op) -> str:
@@ -157,9 +171,7 @@ def to_dsl(spec: Spec, *, comments: bool = False) -> str:
     groups: list[list[tuple[str, int | None]]] = [header]
     for stmts in (spec.includes, spec.concepts, spec.constraints):
         if stmts:
-            groups.append(
-                [(statement_dsl(s), s.span.line if s.span.path == spec.path else None) for s in stmts]
-            )
+            groups.append([(statement_dsl(s), s.span.line if s.span.path == spec.path else None) for s in stmts])
     if not comments or not spec.comments:
         return "\n\n".join("\n".join(text for text, _ in g) for g in groups) + "\n"
     return _with_comments(spec, groups)
@@ -220,9 +232,7 @@ def _op_data(op: Op) -> dict[str, Any]:
         d["depth"] = format_depth(op.where)
     else:
         items = op.where.items
-        d["layers"] = (
-            items[0].start if len(items) == 1 and items[0].start == items[0].stop else format_layers(op.where)
-        )
+        d["layers"] = items[0].start if len(items) == 1 and items[0].start == items[0].stop else format_layers(op.where)
     if op.site != "resid":
         d["site"] = op.site
     if op.tokens.kind != "all":
@@ -254,9 +264,37 @@ def to_dict(spec: Spec) -> dict[str, Any]:
     return d
 
 
+def _yaml_quote(text: str) -> str:
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch.isprintable() and ch not in "\x85\u2028\u2029\ufeff":
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
 def _flow(data: Any) -> str:
+    """One line of YAML flow text for a scalar or a mapping; checked to read back unchanged."""
     text = yaml.safe_dump(data, default_flow_style=True, allow_unicode=True, width=1_000_000, sort_keys=False)
-    return text.removesuffix("\n").removesuffix("\n...").strip()
+    text = text.removesuffix("\n").removesuffix("\n...").strip()
+    if yaml.safe_load(text) == data:
+        return text
+    # pyyaml leaves some odd strings plain (or splits them in flow context): quote every string
+    if isinstance(data, dict):
+        return "{" + ", ".join(f"{_flow_item(k)}: {_flow_item(v)}" for k, v in data.items()) + "}"
+    return _flow_item(data)
+
+
+def _flow_item(value: Any) -> str:
+    return _yaml_quote(value) if isinstance(value, str) else _flow(value)
 
 
 def to_yaml(spec: Spec) -> str:

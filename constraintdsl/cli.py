@@ -61,17 +61,11 @@ def check(
 @app.command()
 def fmt(
     files: Files,
-    check: Annotated[
-        bool, typer.Option("--check", help="only report files that would change (exit 1)")
-    ] = False,
-    to: Annotated[
-        SpecFormat | None, typer.Option("--to", help="print the file converted to dsl or yaml")
-    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="only report files that would change (exit 1)")] = False,
+    to: Annotated[SpecFormat | None, typer.Option("--to", help="print the file converted to dsl or yaml")] = None,
 ) -> None:
     """Rewrite spec files in canonical form (idempotent; comments kept in DSL files)."""
-    raise typer.Exit(
-        commands.fmt(files, check_only=check, to=to.value if to else None, out=sys.stdout, err=sys.stderr)
-    )
+    raise typer.Exit(commands.fmt(files, check_only=check, to=to.value if to else None, out=sys.stdout, err=sys.stderr))
 
 
 @app.command("hash")
@@ -113,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if _state["debug"]:
             raise
-        sys.stderr.write(
-            f"internal error: {type(e).__name__}: {e}\nhint: rerun with --debug for the traceback\n"
-        )
+        sys.stderr.write(f"internal error: {type(e).__name__}: {e}\nhint: rerun with --debug for the traceback\n")
         return EXIT_INTERNAL
     return 0

@@ -50,9 +50,7 @@ def concept_hashes(spec: Spec) -> dict[str, str]:
         try:
             out[f"concept:{c.name}"] = "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
         except FileNotFoundError:
-            diags.append(
-                Diagnostic(c.path_span, f"concept file not found: {p}", "paths are relative to the spec file")
-            )
+            diags.append(Diagnostic(c.path_span, f"concept file not found: {p}", "paths are relative to the spec file"))
         except OSError as e:
             diags.append(Diagnostic(c.path_span, f"cannot read concept file {p}: {e.strerror}", None))
     if diags:
@@ -150,7 +148,7 @@ def fmt(paths: list[str], *, check_only: bool, to: str | None, out: TextIO, err:
                 raise SpecError.single(
                     Span(path, where[0], where[1]),
                     "fmt would drop this comment (YAML comments are not kept)",
-                    "use `cdsl fmt --check`, or convert with `--to dsl`, which keeps comments",
+                    "delete the YAML comments first, or leave the file as it is (`cdsl fmt --check` only reports)",
                     source=text,
                 )
         write_atomic(Path(path), canonical)
@@ -169,9 +167,7 @@ def diff_files(a: str, b: str, *, fmt: str, out: TextIO) -> int:
     """``cdsl diff``: semantic differences; exit 1 when the specs differ."""
     changes = diff(load(a), load(b))
     if fmt == "json":
-        out.write(
-            json.dumps({"old": a, "new": b, "changes": [c.to_dict() for c in changes]}, indent=2) + "\n"
-        )
+        out.write(json.dumps({"old": a, "new": b, "changes": [c.to_dict() for c in changes]}, indent=2) + "\n")
     else:
         out.write(render_changes(changes, a, b))
     return EXIT_FAILED if changes else EXIT_OK

@@ -39,9 +39,9 @@ class Change:
     def render(self) -> str:
         """One line: ``~ clamp helpfulness: min 0.3 → 0.5 (a:3:1 → b:3:1)``."""
         if self.kind == "changed":
-            body = "; ".join(f"{f} {o} → {n}" for f, o, n in self.fields)
-            where = f"{self.old} → {self.new}"
-            return f"~ {self.subject}: {body}  ({where})"
+            body = "; ".join(f"{o} → {n}" if f == self.subject else f"{f} {o} → {n}" for f, o, n in self.fields)
+            where = f"  ({self.old} → {self.new})" if self.old and self.new else ""
+            return f"~ {self.subject}: {body}{where}"
         sign, span = ("+", self.new) if self.kind == "added" else ("-", self.old)
         return f"{sign} {self.subject}  ({span})"
 
@@ -78,13 +78,8 @@ def diff(a: Spec, b: Spec) -> list[Change]:
     for key in ("version", "name", "model"):
         va, vb = getattr(a, key), getattr(b, key)
         if va != vb:
-            out.append(
-                Change(
-                    "changed",
-                    key,
-                    ((key, str(va) if va is not None else "none", str(vb) if vb is not None else "none"),),
-                )
-            )
+            old, new = ("none" if v is None else str(v) for v in (va, vb))
+            out.append(Change("changed", key, ((key, old, new),)))
     for inc in a.includes:
         if inc not in b.includes:
             out.append(Change("removed", statement_dsl(inc), old=inc.span))

@@ -70,11 +70,7 @@ class UserError(Exception):
         return f"{text}\nhint: {self.hint}" if self.hint else text
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "diagnostics": [
-                {"where": self.where, "severity": "error", "message": self.message, "hint": self.hint}
-            ]
-        }
+        return {"diagnostics": [{"where": self.where, "severity": "error", "message": self.message, "hint": self.hint}]}
 
 
 class SpecError(UserError):
@@ -88,9 +84,7 @@ class SpecError(UserError):
         diags = [diagnostics] if isinstance(diagnostics, Diagnostic) else list(diagnostics)
         if not diags:
             raise ValueError("SpecError needs at least one diagnostic")
-        self.diagnostics: list[Diagnostic] = sorted(
-            diags, key=lambda d: (d.span.path, d.span.line, d.span.col)
-        )
+        self.diagnostics: list[Diagnostic] = sorted(diags, key=lambda d: (d.span.path, d.span.line, d.span.col))
         self.sources: dict[str, str] = dict(sources or {})
         first = self.diagnostics[0]
         Exception.__init__(self, self.render())
@@ -106,9 +100,7 @@ class SpecError(UserError):
         return {"diagnostics": [d.to_dict() for d in self.diagnostics]}
 
     @classmethod
-    def single(
-        cls, span: Span, message: str, hint: str | None = None, source: str | None = None
-    ) -> SpecError:
+    def single(cls, span: Span, message: str, hint: str | None = None, source: str | None = None) -> SpecError:
         """Shorthand for an error with one diagnostic."""
         return cls(Diagnostic(span, message, hint), {span.path: source} if source is not None else None)
 
@@ -127,7 +119,7 @@ def render(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None 
         out.append(f"{s.path}:{s.line}:{s.col}: {d.severity}: {d.message}")
         text = (sources or {}).get(s.path)
         if text is not None:
-            lines = line_cache.setdefault(s.path, text.splitlines())
+            lines = line_cache.setdefault(s.path, text.split("\n"))
             if 1 <= s.line <= len(lines):
                 src = _display(lines[s.line - 1])
                 width = 1

@@ -31,17 +31,13 @@ def read_text(path: str | Path, *, at: Span | None = None) -> str:
     try:
         data = p.read_bytes()
     except FileNotFoundError:
-        raise fail(
-            f"no such file: {where}", "check the path (includes are relative to the including file)"
-        ) from None
+        raise fail(f"no such file: {where}", "check the path (includes are relative to the including file)") from None
     except IsADirectoryError:
         raise fail(f"{where} is a directory, not a spec file") from None
     except OSError as e:
         raise fail(f"cannot read {where}: {e.strerror}") from None
     if len(data) > MAX_BYTES:
-        raise fail(
-            f"{where} is {len(data)} bytes; spec files are limited to {MAX_BYTES // (1024 * 1024)} MiB"
-        )
+        raise fail(f"{where} is {len(data)} bytes; spec files are limited to {MAX_BYTES // (1024 * 1024)} MiB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -106,9 +102,7 @@ def load(path: str | Path) -> Spec:
                 if not target.is_file():
                     names = " → ".join(str(c) for c in (*chain, p, target))
                     raise SpecError(
-                        Diagnostic(
-                            stmt.span, f"included file not found: {target}", f"include chain: {names}"
-                        ),
+                        Diagnostic(stmt.span, f"included file not found: {target}", f"include chain: {names}"),
                         _texts(sources, (*chain, p)),
                     )
                 visit(target, (*chain, p), stmt)

@@ -49,6 +49,8 @@ SOURCES = ("pairs", "file")
 PAIR_SUFFIXES = (".yaml", ".yml", ".jsonl")
 ARTIFACT_SUFFIXES = (".safetensors", ".npy")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+_CLAUSE_KEYS = {"layers": "at", "depth": "at", "site": "in", "tokens": "on", "gate": "when"}
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
 _PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)")
 _CMP_ASCII = {"≥": ">=", "≤": "<="}
 _CHAR_HINTS = {
@@ -105,6 +107,7 @@ class Header:
     name: tuple[str, Span] | None = None
     model: tuple[str, Span] | None = None
     first_statement: Span | None = None
+    version_number: Span | None = None
     duplicates: list[tuple[str, Span, Span]] = field(default_factory=list)
 
 
@@ -125,11 +128,11 @@ class _Builder:
         return Span(self.path, line, col, line, end)
 
     def tree_span(self, node: Tree[Token] | Token) -> Span:
-        toks = _tokens(node)
-        if not toks:
+        first, last = _edge_token(node, 0), _edge_token(node, -1)
+        if first is None or last is None:
             return Span(self.path, self.line, 1 + self.col0)
-        first, last = self.tok_span(toks[0]), self.tok_span(toks[-1])
-        return Span(self.path, first.line, first.col, last.end_line, last.end_col)
+        a, b = self.tok_span(first), self.tok_span(last)
+        return Span(self.path, a.line, a.col, b.end_line, b.end_col)
 
     def error(self, span: Span, message: str, hint: str | None = None) -> None:
         self.diags.append(Diagnostic(span, message, hint))
@@ -142,6 +145,8 @@ class _Builder:
             header.first_statement = span
         kids = _kids(tree)
         if kind == "version":
+            if header.version is None:
+                header.version_number = self.tok_span(cast(Token, kids[0]))
             self._header(header, "version", (int(str(kids[0])), span))
             return None
         if kind in ("name", "model"):
@@ -163,7 +168,7 @@ class _Builder:
 
     def string(self, tok: Token) -> str:
         raw = str(tok)[1:-1]
-        text = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), raw)
+        text = _ESCAPE.sub(_unescape, raw)
         if not text.strip():
             self.error(self.tok_span(tok), "empty string", "write the name or path between the quotes")
         return text
@@ -210,7 +215,8 @@ class _Builder:
         )
 
     def _check_concept_path(self, source: str, path: str, span: Span) -> None:
-        suffix = Path(path).suffix.lower()
+        lower = path.lower()
+        suffix = "." + lower.rsplit(".", 1)[1] if "." in lower.rsplit("/", 1)[-1] else ""
         if not path.strip():
             return
         if suffix in PICKLE_SUFFIXES:
@@ -245,19 +251,17 @@ class _Builder:
         elif kind == "scale":
             factor = self.value(cast(Tree[Token], kids.pop(0)), "scale")
             fields["by"] = factor.number if factor else 1.0
-        seen: dict[str, Span] = {}
+        seen: dict[str, Tree[Token]] = {}
         for clause in cast(list[Tree[Token]], kids):
-            ckind = str(clause.data)
-            key = {"layers": "at", "depth": "at", "site": "in", "tokens": "on", "gate": "when"}[ckind]
-            cspan = self.tree_span(clause)
+            key = _CLAUSE_KEYS[str(clause.data)]
             if key in seen:
                 self.error(
-                    cspan,
+                    self.tree_span(clause),
                     f"a second `{key}` clause in one statement",
-                    f"merge it with the first one at column {seen[key].col}",
+                    f"merge it with the first one at column {self.tree_span(seen[key]).col}",
                 )
                 continue
-            seen[key] = cspan
+            seen[key] = clause
             if key == "at":
                 fields["where"] = self.where(clause)
             elif key == "in":
@@ -296,7 +300,7 @@ class _Builder:
     def value(self, tree: Tree[Token], context: str) -> Value | None:
         toks = cast(list[Token], _kids(tree))
         span = self.tree_span(tree)
-        if str(tree.data) == "word":
+        if str(tree.data) in ("word", "percentile"):
             word = str(toks[0])
             m = _PERCENTILE.fullmatch(word)
             if m is None:
@@ -323,8 +327,7 @@ class _Builder:
                     self.error(
                         self.tok_span(toks[1]),
                         f"unknown unit '{word}'",
-                        did_you_mean(word, UNITS)
-                        or "units: none (calibrated), raw, sd, or a percentile like p25",
+                        did_you_mean(word, UNITS) or "units: none (calibrated), raw, sd, or a percentile like p25",
                     )
                     return None
                 unit = Unit(word)
@@ -354,9 +357,7 @@ class _Builder:
             a = int(str(toks[0]))
             b = int(str(toks[-1]))
             if (a >= 0) == (b >= 0) and a > b:
-                self.error(
-                    self.tree_span(item), f"reversed layer range {a}-{b}", f"write it low to high: {b}-{a}"
-                )
+                self.error(self.tree_span(item), f"reversed layer range {a}-{b}", f"write it low to high: {b}-{a}")
                 ok = False
                 continue
             items.append(LayerRange(a, b))
@@ -432,6 +433,13 @@ class _Builder:
         )
 
 
+def _unescape(m: re.Match[str]) -> str:
+    esc = m.group(1)
+    if len(esc) == 5:
+        return chr(int(esc[1:], 16))
+    return {"n": "\n", "t": "\t"}.get(esc, esc)
+
+
 def canonical_layers(items: list[LayerRange]) -> tuple[LayerRange, ...]:
     """Union of ranges, sorted and merged; non-negative and negative indices kept apart."""
     pos: set[int] = set()
@@ -454,7 +462,7 @@ def canonical_layers(items: list[LayerRange]) -> tuple[LayerRange, ...]:
     return tuple(out) + tuple(mixed)
 
 
-_VALUE_TOKENS = frozenset({"NAME", "INT", "NUMBER", "PERCENT", "STRING", "GE", "LE", "CMP", "RANGE"})
+_VALUE_TOKENS = frozenset({"NAME", "INT", "NUMBER", "PERCENT", "PERCENTILE", "STRING", "GE", "LE", "CMP", "RANGE"})
 
 
 def _kids(tree: Tree[Token]) -> list[Any]:
@@ -462,13 +470,13 @@ def _kids(tree: Tree[Token]) -> list[Any]:
     return [c for c in tree.children if not isinstance(c, Token) or c.type in _VALUE_TOKENS]
 
 
-def _tokens(node: Tree[Token] | Token) -> list[Token]:
-    if isinstance(node, Token):
-        return [node]
-    out: list[Token] = []
-    for child in node.children:
-        out.extend(_tokens(child))
-    return out
+def _edge_token(node: Tree[Token] | Token, end: int) -> Token | None:
+    """The first (``end=0``) or last (``end=-1``) token under a node."""
+    while not isinstance(node, Token):
+        if not node.children:
+            return None
+        node = node.children[end]
+    return node
 
 
 def _num(x: float) -> str:
@@ -483,34 +491,23 @@ def _num(x: float) -> str:
 def _syntax_diagnostic(err: UnexpectedInput, text: str, builder: _Builder, start: str) -> Diagnostic:
     line = builder.line + (err.line or 1) - 1 if err.line and err.line > 0 else builder.line
     col = (err.column if err.column and err.column > 0 else len(text.split("\n")[0]) + 1) + builder.col0
+    label = _label(err) if start == "start" else None
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream or 0
         ch = text[pos] if pos < len(text) else ""
+        span = Span(builder.path, line, col, line, col + 1)
         if ch in ('"', "'"):
-            return Diagnostic(
-                Span(builder.path, line, col, line, col + 1),
-                "unterminated string",
-                f"close it with {ch} on the same line",
-            )
+            return Diagnostic(span, "unterminated string", f"close it with {ch} on the same line")
         hint = _CHAR_HINTS.get(ch)
-        return Diagnostic(
-            Span(builder.path, line, col, line, col + 1),
-            f"unexpected character {describe_char(ch)}",
-            hint,
-        )
-    label = None
-    if start == "start":
-        try:
-            label = err.match_examples(
-                lambda s: _lark().parse(s, start="start"),
-                EXAMPLES,
-                token_type_match_fallback=True,
-                use_accepts=True,
-            )
-        except Exception:  # match_examples re-parses examples; never let that hide the real error
-            label = None
+        if hint is None and label is not None:
+            message, hint = MESSAGES[label]
+            return Diagnostic(span, message.format(found=f"character {describe_char(ch)}"), hint)
+        return Diagnostic(span, f"unexpected character {describe_char(ch)}", hint)
     tok = getattr(err, "token", None)
     at_end = tok is None or tok.type == "$END"
+    if at_end:  # point just past the last character of the statement, before any comment
+        cut = _comment_start(text)
+        col = len(text[:cut].rstrip()) + 1 + builder.col0
     found = "end of line" if at_end else f"'{tok}'"
     width = 1 if at_end else max(1, len(str(tok)))
     span = Span(builder.path, line, col, line, col + width)
@@ -522,6 +519,19 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, builder: _Builder, start
     )
     exp = ", ".join(expected[:8]) if expected else "something else"
     return Diagnostic(span, f"unexpected {found}; expected {exp}", None)
+
+
+def _label(err: UnexpectedInput) -> str | None:
+    """The error-by-example label whose examples fail in the same parser state, if any."""
+    try:
+        return err.match_examples(
+            lambda s: _lark().parse(s, start="start"),
+            EXAMPLES,
+            token_type_match_fallback=True,
+            use_accepts=True,
+        )
+    except Exception:  # match_examples re-parses examples; never let that hide the real error
+        return None
 
 
 _TERMINAL_NAMES = {

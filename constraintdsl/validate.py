@@ -64,19 +64,17 @@ def check_header(header: Header, path: str, has_content: bool) -> list[Diagnosti
     else:
         number, span = header.version
         if header.first_statement is not None and header.first_statement != span:
-            out.append(
-                Diagnostic(span, "`version` must be the first statement", "move `version 1` to the top")
-            )
+            out.append(Diagnostic(span, "`version` must be the first statement", "move `version 1` to the top"))
         if number != SUPPORTED_VERSION:
             out.append(
                 Diagnostic(
-                    span, f"unsupported spec version {number}", "this constraintdsl reads `version 1` specs"
+                    header.version_number or span,
+                    f"unsupported spec version {number}",
+                    "this constraintdsl reads `version 1` specs",
                 )
             )
     for key, first, second in header.duplicates:
-        out.append(
-            Diagnostic(second, f"a second `{key}` statement", f"the first is at line {first.line}; keep one")
-        )
+        out.append(Diagnostic(second, f"a second `{key}` statement", f"the first is at line {first.line}; keep one"))
     return out
 
 
@@ -91,9 +89,7 @@ def check_concepts(
             first = defined[c.name].name_span
             where = f"line {first.line}" if first.path == c.name_span.path else str(first)
             out.append(
-                Diagnostic(
-                    c.name_span, f"concept '{c.name}' is defined twice", f"the first definition is at {where}"
-                )
+                Diagnostic(c.name_span, f"concept '{c.name}' is defined twice", f"the first definition is at {where}")
             )
         else:
             defined[c.name] = c

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import yaml
+import yaml.reader
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import Diagnostic, Span, did_you_mean
+from .errors import Diagnostic, Span, describe_char, did_you_mean
 from .parser import Header, parse_fragment, parse_statement
 from .spec import OP_CLASSES, SITES, Concept, LayerRange, Layers, Op, Statement, Value
 
@@ -33,9 +34,7 @@ class ConceptEntry(BaseModel):
     """``concepts: {NAME: {from: pairs|file, path: ..., method: mean|pca}}``."""
 
     model_config = _Strict
-    from_: Literal["pairs", "file"] = Field(
-        alias="from", description="pairs: contrastive examples; file: an artifact"
-    )
+    from_: Literal["pairs", "file"] = Field(alias="from", description="pairs: contrastive examples; file: an artifact")
     path: str = Field(description="relative to this spec file")
     method: Literal["mean", "pca"] = "mean"
 
@@ -171,33 +170,25 @@ class _Reader:
         """Plain Python data where mappings are dict[str, _Item] and sequences list[_Item]."""
         if isinstance(node, ScalarNode):
             if node.tag not in _PLAIN_TAGS:
-                raise _Refused(
-                    node.start_mark, f"YAML tag {node.tag!r} is not allowed in spec files", "remove the tag"
-                )
+                raise _Refused(node.start_mark, f"YAML tag {node.tag!r} is not allowed in spec files", "remove the tag")
             value = self.loader.construct_object(node)
             if isinstance(value, float) and not math.isfinite(value):
                 raise _Refused(node.start_mark, f"number {node.value} is not finite", None)
             return value
         if isinstance(node, SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
-                raise _Refused(
-                    node.start_mark, f"YAML tag {node.tag!r} is not allowed in spec files", "remove the tag"
-                )
+                raise _Refused(node.start_mark, f"YAML tag {node.tag!r} is not allowed in spec files", "remove the tag")
             return [_Item(self.read(n), n) for n in node.value]
         if isinstance(node, MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
-                raise _Refused(
-                    node.start_mark, f"YAML tag {node.tag!r} is not allowed in spec files", "remove the tag"
-                )
+                raise _Refused(node.start_mark, f"YAML tag {node.tag!r} is not allowed in spec files", "remove the tag")
             out: dict[Any, _Item] = {}
             for key_node, value_node in node.value:
                 key = self.read(key_node)
                 if isinstance(key, list | dict):
                     raise _Refused(key_node.start_mark, "a mapping key must be a plain word", None)
                 if key == "<<":
-                    raise _Refused(
-                        key_node.start_mark, "YAML merge keys (<<) are not allowed in spec files", None
-                    )
+                    raise _Refused(key_node.start_mark, "YAML merge keys (<<) are not allowed in spec files", None)
                 if key in out:
                     first = cast(Node, out[key].key_node).start_mark.line + 1
                     raise _Refused(
@@ -311,9 +302,7 @@ def _scalar_pos(node: Node) -> tuple[int, int]:
 
 def _fragment(reader: _Reader, item: _Item, rule: str, context: str = "clamp") -> Any:
     line, col = _scalar_pos(item.node)
-    value, diags = parse_fragment(
-        str(item.value), rule, path=reader.path, line=line, col=col, context=context
-    )
+    value, diags = parse_fragment(str(item.value), rule, path=reader.path, line=line, col=col, context=context)
     reader.diags.extend(diags)
     return value
 
@@ -340,9 +329,7 @@ def _op(reader: _Reader, item: _Item) -> Op | None:
     op = op_item.value
     if not isinstance(op, str) or op not in ENTRY_MODELS:
         word = op if isinstance(op, str) else _type_word(op)
-        hint = (
-            did_you_mean(op, ENTRY_MODELS) if isinstance(op, str) else None
-        ) or f"ops: {', '.join(ENTRY_MODELS)}"
+        hint = (did_you_mean(op, ENTRY_MODELS) if isinstance(op, str) else None) or f"ops: {', '.join(ENTRY_MODELS)}"
         reader.error(op_item.node, f"unknown op '{word}'", hint)
         return None
     entry = _validate(reader, ENTRY_MODELS[op], item, f"`{op}` constraint")
@@ -423,9 +410,25 @@ def _iter_mapping(item: _Item) -> Iterator[tuple[str, _Item]]:
 
 def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diagnostic]]:
     """Parse YAML spec text into header and statements; all problems as diagnostics."""
+    header = Header()
+    bad = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if bad is not None:
+        before = text[: bad.start()]
+        line, col = before.count("\n") + 1, bad.start() - (before.rfind("\n") + 1) + 1
+        message = f"character {describe_char(bad.group()[0])} is not allowed in YAML"
+        return (
+            header,
+            [],
+            [
+                Diagnostic(
+                    Span(path, line, col),
+                    message,
+                    "delete it, or write it as an escape in a double-quoted string",
+                )
+            ],
+        )
     loader = _Loader(text)
     reader = _Reader(path, loader)
-    header = Header()
     try:
         root_node = loader.get_single_node()
         if root_node is None:
@@ -437,9 +440,10 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        reader.diags.append(
-            Diagnostic(Span(path, line, col), f"invalid YAML: {e.problem or e.context}", None)
-        )
+        reader.diags.append(Diagnostic(Span(path, line, col), f"invalid YAML: {e.problem or e.context}", None))
+        return header, [], reader.diags
+    except yaml.YAMLError as e:
+        reader.diags.append(Diagnostic(Span(path, 1, 1), f"invalid YAML: {e}", None))
         return header, [], reader.diags
     except RecursionError:
         reader.diags.append(
@@ -463,15 +467,14 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
             if data[key].value is None:
                 top[key] = _Item({} if kind is dict else [], data[key].node, data[key].key_node)
             elif not isinstance(data[key].value, kind):
-                reader.error(
-                    data[key].node, f"'{key}' must be {_EXPECT[key]}, not {_type_word(data[key].value)}", None
-                )
+                reader.error(data[key].node, f"'{key}' must be {_EXPECT[key]}, not {_type_word(data[key].value)}", None)
     doc = _validate(reader, Document, _Item(top, root_node), "the spec")
     statements: list[Statement] = []
     if doc is not None:
         d = cast(Document, doc)
         v = data["version"]
         header.version = (d.version, reader.span(v.key_node or v.node))
+        header.version_number = reader.span(v.node)
         header.first_statement = header.version[1]
         if d.name is not None:
             header.name = (d.name, reader.span(data["name"].node))
@@ -512,9 +515,7 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
                 stmt, diags = parse_statement(entry.value, Header(), path=path, line=line, col=col)
                 reader.diags.extend(diags)
                 if stmt is None and not diags:
-                    reader.error(
-                        entry.node, "only operations may be written as DSL lines in `constraints`", None
-                    )
+                    reader.error(entry.node, "only operations may be written as DSL lines in `constraints`", None)
                 elif stmt is not None and not isinstance(stmt, tuple(OP_CLASSES.values())):
                     reader.error(
                         entry.node,
