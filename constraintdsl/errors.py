@@ -62,7 +62,10 @@ class UserError(Exception):
         self.where = where
         self.message = message
         self.hint = hint
-        super().__init__(self.render())
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.render()
 
     def render(self) -> str:
         """``where: error: message`` and at most one hint line."""
@@ -87,10 +90,13 @@ class SpecError(UserError):
         self.diagnostics: list[Diagnostic] = sorted(diags, key=lambda d: (d.span.path, d.span.line, d.span.col))
         self.sources: dict[str, str] = dict(sources or {})
         first = self.diagnostics[0]
-        Exception.__init__(self, self.render())
+        Exception.__init__(self, first.message)
         self.where = str(first.span)
         self.message = first.message
         self.hint = first.hint
+
+    def __str__(self) -> str:
+        return self.render()
 
     def render(self) -> str:
         """All diagnostics, rendered with source lines and carets."""
@@ -105,33 +111,59 @@ class SpecError(UserError):
         return cls(Diagnostic(span, message, hint), {span.path: source} if source is not None else None)
 
 
+MAX_SHOWN = 50  # diagnostics rendered per error; the rest are counted
+WINDOW = 100  # characters of a long source line shown on each side of the caret
+
+
 def _display(line: str) -> str:
     # Tabs become one space so the caret lines up with the column count.
     return line.replace("\t", " ")
 
 
+def clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, for echoing user input in messages."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _source_lines(span: Span, col: int, width: int, line: str) -> list[str]:
+    src = _display(line)
+    start = 0
+    if len(src) > 2 * WINDOW:  # show a window around the caret, not a megabyte of line
+        start = max(0, col - 1 - WINDOW)
+        end = min(len(src), col - 1 + width + WINDOW)
+        src = ("…" if start else "") + src[start:end] + ("…" if end < len(line) else "")
+        start -= 1 if start else 0
+    width = max(1, min(width, len(src) - (col - 1 - start)))
+    return [f"    {src}", "    " + " " * (col - 1 - start) + "^" + "~" * (width - 1)]
+
+
 def render(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None) -> str:
-    """Render diagnostics as ``path:line:col: severity: message``, source line, caret, hint."""
+    """Render diagnostics as ``path:line:col: severity: message``, source line, caret, hint.
+
+    At most :data:`MAX_SHOWN` are shown; a last line counts the rest.
+    """
     out: list[str] = []
     line_cache: dict[str, list[str]] = {}
-    for d in diagnostics:
+    diags = list(diagnostics)
+    for d in diags[:MAX_SHOWN]:
         s = d.span
         out.append(f"{s.path}:{s.line}:{s.col}: {d.severity}: {d.message}")
         text = (sources or {}).get(s.path)
         if text is not None:
-            lines = line_cache.setdefault(s.path, text.split("\n"))
+            if s.path not in line_cache:
+                line_cache[s.path] = text.split("\n")
+            lines = line_cache[s.path]
             if 1 <= s.line <= len(lines):
-                src = _display(lines[s.line - 1])
                 width = 1
                 if s.end_col is not None and (s.end_line is None or s.end_line == s.line):
                     width = max(1, s.end_col - s.col)
                 elif s.end_line is not None and s.end_line > s.line:
-                    width = max(1, len(src) - s.col + 1)
-                width = max(1, min(width, len(src) - s.col + 1))
-                out.append(f"    {src}")
-                out.append("    " + " " * (s.col - 1) + "^" + "~" * (width - 1))
+                    width = max(1, len(lines[s.line - 1]) - s.col + 1)
+                out.extend(_source_lines(s, s.col, width, lines[s.line - 1]))
         if d.hint:
             out.append(f"hint: {d.hint}")
+    if len(diags) > MAX_SHOWN:
+        out.append(f"… and {len(diags) - MAX_SHOWN} more errors")
     return "\n".join(out)
 
 

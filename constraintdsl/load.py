@@ -89,7 +89,7 @@ def load(path: str | Path) -> Spec:
         items += [(s.span.line, s) for s in spec.constraints]
         for _, stmt in sorted(items, key=lambda t: t[0]):
             if isinstance(stmt, Include):
-                target = p.parent / stmt.path
+                target = Path(os.path.normpath(p.parent / stmt.path))
                 treal = target.resolve()
                 if treal in {c.resolve() for c in (*chain, p)}:
                     names = " → ".join(str(c) for c in (*chain, p, target))
@@ -101,8 +101,9 @@ def load(path: str | Path) -> Spec:
                     continue
                 if not target.is_file():
                     names = " → ".join(str(c) for c in (*chain, p, target))
+                    what = "is a directory, not a spec file" if target.is_dir() else "not found"
                     raise SpecError(
-                        Diagnostic(stmt.span, f"included file not found: {target}", f"include chain: {names}"),
+                        Diagnostic(stmt.span, f"included file {what}: {target}", f"include chain: {names}"),
                         _texts(sources, (*chain, p)),
                     )
                 visit(target, (*chain, p), stmt)

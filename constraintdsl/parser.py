@@ -19,7 +19,7 @@ from typing import Any, Literal, cast
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
-from .errors import Diagnostic, Span, SpecError, describe_char, did_you_mean
+from .errors import Diagnostic, Span, SpecError, clip, describe_char, did_you_mean
 from .spec import (
     OP_CLASSES,
     SITES,
@@ -49,6 +49,7 @@ SOURCES = ("pairs", "file")
 PAIR_SUFFIXES = (".yaml", ".yml", ".jsonl")
 ARTIFACT_SUFFIXES = (".safetensors", ".npy")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+MAX_INT = {"version": 1_000_000, "layer": 99_999, "token count": 100_000_000}
 _CLAUSE_KEYS = {"layers": "at", "depth": "at", "site": "in", "tokens": "on", "gate": "when"}
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
 _PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)")
@@ -147,7 +148,10 @@ class _Builder:
         if kind == "version":
             if header.version is None:
                 header.version_number = self.tok_span(cast(Token, kids[0]))
-            self._header(header, "version", (int(str(kids[0])), span))
+            number = self.int(cast(Token, kids[0]), "version")
+            if number is None:
+                return None
+            self._header(header, "version", (number, span))
             return None
         if kind in ("name", "model"):
             text = self.string(cast(Token, kids[0]))
@@ -166,6 +170,15 @@ class _Builder:
         else:
             setattr(header, key, item)
 
+    def int(self, tok: Token, what: str) -> int | None:
+        """A whole number token, refusing absurd sizes (a layer past 99,999, say) with a located error."""
+        text = str(tok)
+        limit = MAX_INT[what]
+        if len(text.lstrip("+-")) > 9 or abs(int(text)) > limit:
+            self.error(self.tok_span(tok), f"{what} {clip(text, 20)} is out of range", f"a {what} is at most {limit:,}")
+            return None
+        return int(text)
+
     def string(self, tok: Token) -> str:
         raw = str(tok)[1:-1]
         text = _ESCAPE.sub(_unescape, raw)
@@ -179,7 +192,7 @@ class _Builder:
         if source not in SOURCES:
             self.error(
                 self.tok_span(source_tok),
-                f"unknown concept source '{source}'",
+                f"unknown concept source '{clip(source)}'",
                 did_you_mean(source, SOURCES)
                 or 'a concept comes `from pairs "data.yaml"` or `from file "x.safetensors"`',
             )
@@ -192,16 +205,12 @@ class _Builder:
             if method not in METHODS:
                 self.error(
                     self.tok_span(mtok),
-                    f"unknown method '{method}'",
+                    f"unknown method '{clip(method)}'",
                     did_you_mean(method, METHODS) or "methods: mean, pca",
                 )
                 method = "mean"
             elif source == "file":
-                self.error(
-                    self.tree_span(mtree),
-                    "`method` applies to `from pairs` only",
-                    "a concept file already holds its direction; drop `method`",
-                )
+                self.error(self.tree_span(mtree), *METHOD_ON_FILE)
         path = self.string(path_tok)
         self._check_concept_path(source, path, self.tok_span(path_tok))
         return Concept(
@@ -215,24 +224,9 @@ class _Builder:
         )
 
     def _check_concept_path(self, source: str, path: str, span: Span) -> None:
-        lower = path.lower()
-        suffix = "." + lower.rsplit(".", 1)[1] if "." in lower.rsplit("/", 1)[-1] else ""
-        if not path.strip():
-            return
-        if suffix in PICKLE_SUFFIXES:
-            self.error(
-                span,
-                f"refused: '{suffix}' files are pickles, and loading one can run code",
-                "convert the direction to .safetensors (or a single raw vector to .npy)",
-            )
-        elif source == "file" and suffix not in ARTIFACT_SUFFIXES:
-            self.error(
-                span,
-                f"a concept file must be .safetensors or .npy, not '{suffix or path}'",
-                "build one with `cdsl concept build`",
-            )
-        elif source == "pairs" and suffix not in PAIR_SUFFIXES:
-            self.error(span, f"a pairs file must be .yaml, .yml or .jsonl, not '{suffix or path}'", None)
+        problem = concept_path_problem(source, path)
+        if problem is not None:
+            self.error(span, *problem)
 
     def op(self, kind: str, tree: Tree[Token], span: Span) -> Op | None:
         kids = _kids(tree)
@@ -289,8 +283,8 @@ class _Builder:
             if lo is not None and hi is not None and lo.unit == hi.unit and lo.number > hi.number:
                 self.error(
                     self.tree_span(tree),
-                    f"empty interval: {_num(lo.number)} is above {_num(hi.number)}",
-                    f"write the smaller bound first: in [{_num(hi.number)}, {_num(lo.number)}]",
+                    f"empty interval: {format_value(lo)} is above {format_value(hi)}",
+                    f"write the smaller bound first: in [{format_value(hi)}, {format_value(lo)}]",
                 )
                 return {"min": None, "max": None}
             return {"min": lo, "max": hi}
@@ -306,7 +300,7 @@ class _Builder:
             if m is None:
                 self.error(
                     span,
-                    f"expected a number, got '{word}'",
+                    f"expected a number, got '{clip(word)}'",
                     "values are numbers with an optional unit: 0.3, 12.5 raw, p25, 1.5 sd",
                 )
                 return None
@@ -326,7 +320,7 @@ class _Builder:
                 if word not in UNITS:
                     self.error(
                         self.tok_span(toks[1]),
-                        f"unknown unit '{word}'",
+                        f"unknown unit '{clip(word)}'",
                         did_you_mean(word, UNITS) or "units: none (calibrated), raw, sd, or a percentile like p25",
                     )
                     return None
@@ -354,8 +348,10 @@ class _Builder:
         ok = True
         for item in cast(list[Tree[Token]], _kids(tree)):
             toks = cast(list[Token], _kids(item))
-            a = int(str(toks[0]))
-            b = int(str(toks[-1]))
+            a, b = self.int(toks[0], "layer"), self.int(toks[-1], "layer")
+            if a is None or b is None:
+                ok = False
+                continue
             if (a >= 0) == (b >= 0) and a > b:
                 self.error(self.tree_span(item), f"reversed layer range {a}-{b}", f"write it low to high: {b}-{a}")
                 ok = False
@@ -385,7 +381,7 @@ class _Builder:
         if site not in SITES:
             self.error(
                 self.tok_span(tok),
-                f"unknown site '{site}'",
+                f"unknown site '{clip(site)}'",
                 did_you_mean(site, SITES) or "sites: resid (default), attn, mlp",
             )
             return "resid"
@@ -398,11 +394,13 @@ class _Builder:
         if kind not in TOKEN_KINDS:
             self.error(
                 self.tok_span(toks[0]),
-                f"unknown token selection '{kind}'",
+                f"unknown token selection '{clip(kind)}'",
                 did_you_mean(kind, TOKEN_KINDS) or "on all | prompt | generated | last [N] | first N",
             )
             return None
-        count = int(str(toks[1])) if len(toks) > 1 else None
+        count = self.int(toks[1], "token count") if len(toks) > 1 else None
+        if len(toks) > 1 and count is None:
+            return None
         if kind in ("all", "prompt", "generated") and count is not None:
             self.error(span, f"`on {kind}` takes no count", "a count goes with `last` or `first`: on last 3")
             return None
@@ -422,7 +420,23 @@ class _Builder:
         value = self.value(value_tree, "gate")
         if value is None:
             return None
-        layer = int(str(toks[3])) if len(toks) > 3 else None
+        layer: int | None = None
+        if len(toks) > 3:
+            layers = self.layer_list(cast(Tree[Token], toks[-1]))
+            if layers is None:
+                return None
+            items = layers.items
+            if len(items) != 1 or items[0].start != items[0].stop:
+                from .canonical import format_layers
+
+                self.error(
+                    self.tree_span(cast(Tree[Token], toks[-1])),
+                    f"a gate reads one layer, not {format_layers(layers)}",
+                    f"a gate reads a single layer: … when {name_tok} {cmp_tok} {format_value(value)} "
+                    f"at layer {items[0].start}",
+                )
+                return None
+            layer = items[0].start
         cmp = _CMP_ASCII.get(str(cmp_tok), str(cmp_tok))
         return Gate(
             str(name_tok),
@@ -440,25 +454,49 @@ def _unescape(m: re.Match[str]) -> str:
     return {"n": "\n", "t": "\t"}.get(esc, esc)
 
 
+def concept_path_problem(source: str, path: str) -> tuple[str, str | None] | None:
+    """What is wrong with a concept path for its source (by suffix), if anything: (message, hint)."""
+    lower = path.lower()
+    suffix = "." + lower.rsplit(".", 1)[1] if "." in lower.rsplit("/", 1)[-1] else ""
+    if not path.strip():
+        return None
+    if suffix in PICKLE_SUFFIXES:
+        return (
+            f"refused: '{suffix}' files are pickles, and loading one can run code",
+            "convert the direction to .safetensors (or a single raw vector to .npy)",
+        )
+    if source == "file" and suffix not in ARTIFACT_SUFFIXES:
+        return (
+            f"a concept file must be .safetensors or .npy, not '{clip(suffix or path)}'",
+            "build one with `cdsl concept build`",
+        )
+    if source == "pairs" and suffix not in PAIR_SUFFIXES:
+        return f"a pairs file must be .yaml, .yml or .jsonl, not '{clip(suffix or path)}'", None
+    return None
+
+
+METHOD_ON_FILE = ("`method` applies to `from pairs` only", "a concept file already holds its direction; drop `method`")
+
+
 def canonical_layers(items: list[LayerRange]) -> tuple[LayerRange, ...]:
-    """Union of ranges, sorted and merged; non-negative and negative indices kept apart."""
-    pos: set[int] = set()
-    neg: set[int] = set()
+    """Union of ranges, sorted and merged; non-negative and negative indices kept apart, and
+    ranges that cross from one to the other (``0..-1``) kept as written."""
+    out: list[LayerRange] = []
+    for sign_items in (
+        sorted((r for r in items if r.start >= 0 and r.stop >= 0), key=lambda r: r.start),
+        sorted((r for r in items if r.start < 0 and r.stop < 0), key=lambda r: r.start),
+    ):
+        merged: list[LayerRange] = []
+        for r in sign_items:
+            if merged and r.start <= merged[-1].stop + 1:
+                merged[-1] = LayerRange(merged[-1].start, max(merged[-1].stop, r.stop))
+            else:
+                merged.append(r)
+        out.extend(merged)
     mixed: list[LayerRange] = []
     for r in items:
-        if r.start >= 0 and r.stop >= 0:
-            pos.update(range(r.start, r.stop + 1))
-        elif r.start < 0 and r.stop < 0:
-            neg.update(range(r.start, r.stop + 1))
-        elif r not in mixed:
+        if (r.start >= 0) != (r.stop >= 0) and r not in mixed:
             mixed.append(r)
-    out: list[LayerRange] = []
-    for group in (sorted(pos), sorted(neg)):
-        for i in group:
-            if out and out[-1].stop == i - 1 and (out[-1].stop >= 0) == (i >= 0):
-                out[-1] = LayerRange(out[-1].start, i)
-            else:
-                out.append(LayerRange(i, i))
     return tuple(out) + tuple(mixed)
 
 
@@ -485,6 +523,13 @@ def _num(x: float) -> str:
     return format_number(x)
 
 
+def format_value(v: Value) -> str:
+    """A value as DSL text (``p25``, ``12.5 raw``)."""
+    from .canonical import format_value as fmt
+
+    return fmt(v)
+
+
 # -- syntax errors ---------------------------------------------------------
 
 
@@ -508,7 +553,7 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, builder: _Builder, start
     if at_end:  # point just past the last character of the statement, before any comment
         cut = _comment_start(text)
         col = len(text[:cut].rstrip()) + 1 + builder.col0
-    found = "end of line" if at_end else f"'{tok}'"
+    found = "end of line" if at_end else f"'{clip(str(tok), 40)}'"
     width = 1 if at_end else max(1, len(str(tok)))
     span = Span(builder.path, line, col, line, col + width)
     if label is not None:
@@ -521,17 +566,42 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, builder: _Builder, start
     return Diagnostic(span, f"unexpected {found}; expected {exp}", None)
 
 
+@functools.cache
+def _example_index() -> tuple[dict[tuple[Any, str], str], dict[Any, str]]:
+    """(parser state, token type) → label, and parser state → label, from the example table.
+
+    Built once by parsing every example (what lark's ``match_examples`` does on each call)."""
+    exact: dict[tuple[Any, str], str] = {}
+    by_state: dict[Any, str] = {}
+    for label, examples in EXAMPLES.items():
+        for example in examples:
+            try:
+                _lark().parse(example, start="start")
+            except UnexpectedInput as ut:
+                exact.setdefault((_state_key(ut), _error_kind(ut)), label)
+                by_state.setdefault(_state_key(ut), label)
+    return exact, by_state
+
+
+def _state_key(err: UnexpectedInput) -> Any:
+    """A hashable form of the parser state at an error, equal when lark's would compare equal."""
+    state = err.state
+    if hasattr(state, "position"):  # lark's ParserState compares stack depth and top state
+        return (len(state.state_stack), state.position)
+    return state
+
+
+def _error_kind(err: UnexpectedInput) -> str:
+    tok = getattr(err, "token", None)
+    return "<char>" if isinstance(err, UnexpectedCharacters) else str(getattr(tok, "type", "$END"))
+
+
 def _label(err: UnexpectedInput) -> str | None:
     """The error-by-example label whose examples fail in the same parser state, if any."""
-    try:
-        return err.match_examples(
-            lambda s: _lark().parse(s, start="start"),
-            EXAMPLES,
-            token_type_match_fallback=True,
-            use_accepts=True,
-        )
-    except Exception:  # match_examples re-parses examples; never let that hide the real error
-        return None
+    exact, by_state = _example_index()
+    key = _state_key(err)
+    label = exact.get((key, _error_kind(err)))
+    return label if label is not None else by_state.get(key)
 
 
 _TERMINAL_NAMES = {

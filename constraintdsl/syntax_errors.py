@@ -17,6 +17,7 @@ MESSAGES: dict[str, tuple[str, str | None]] = {
     ),
     "version_number": ("`version` takes a whole number, found {found}", "version 1"),
     "quoted_text": ("expected a quoted string, found {found}", 'quote it: name "assistant-floor"'),
+    "include_path": ("expected a quoted path, found {found}", 'quote it: include "other.cdsl"'),
     "concept_from": (
         "expected `from` after the concept name, found {found}",
         'concept helpfulness from pairs "data/helpfulness.yaml"',
@@ -93,13 +94,23 @@ MESSAGES: dict[str, tuple[str, str | None]] = {
         "a gate reads one layer: expected `at layer N`, found {found}",
         "the gate comes last and reads a single layer: … when harmful > 0.5 at layer 8",
     ),
+    "gate_last": ("the gate must come last, found {found} after it", "move `when …` to the end of the statement"),
     "trailing": ("unexpected {found} at the end of the statement", "one statement per line"),
 }
+
+_HEADS = ("ablate x", "clamp x >= 1", "clamp x in [0, 1]", "pin x = 1", "steer x by 1", "scale x by 1")
+
+
+def _each_op(*tails: str) -> list[str]:
+    """The same bad clause after every kind of operation (each ends in its own parser states)."""
+    return [f"{head} {tail}" for head in _HEADS for tail in tails]
+
 
 EXAMPLES: dict[str, list[str]] = {
     "unknown_statement": ["clmap x >= 1 at layer 1", "limit x", "42", '"x"', "let floor = 0.3"],
     "version_number": ["version", "version x", 'version "1"'],
-    "quoted_text": ["name assistant", "model smollm2", "include other.cdsl", "name"],
+    "quoted_text": ["name assistant", "model smollm2", "name"],
+    "include_path": ["include other.cdsl", "include"],
     "concept_from": ['concept x pairs "a.yaml"', "concept x", 'concept x = "a"'],
     "concept_source": ['concept x from "a.yaml"', "concept x from"],
     "concept_path": ["concept x from pairs a.yaml", "concept x from pairs", "concept x from file 3"],
@@ -128,39 +139,16 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "pin_equals": ["pin x 1.0 at layer 1", "pin x >= 1.0 at layer 1", "pin x to 1.0"],
     "by_missing": ["steer x 2 at layer 1", "scale x 0.5 at layer 1", "steer x = 2", "scale x"],
-    "clause": [
-        "clamp x >= 0.3 layers 10-14",
-        "ablate x layer 3",
-        "clamp x >= 0.3 at layers 1 for all",
-        "ablate x at layer 1 on last 3 4",
-    ],
-    "at_what": ["clamp x >= 0.3 at 10-14", "ablate x at", "ablate x at l 3"],
-    "layer_number": [
-        "ablate x at layers",
-        "ablate x at layer x",
-        "ablate x at layers 1.5",
-        "ablate x at layers 10-",
-    ],
-    "layer_list": [
-        "ablate x at layers 1 2",
-        "ablate x at layers 1-2-3",
-        "ablate x at layers 1,",
-        "ablate x at layers 1 to 3",
-    ],
-    "depth_percent": ["ablate x at depth 40", "ablate x at depth", "ablate x at depth 40%-60"],
-    "site_name": ["ablate x at layer 1 in", "ablate x at layer 1 in 3"],
-    "tokens_name": ["ablate x at layer 1 on", "ablate x at layer 1 on 3"],
-    "gate_concept": ["ablate x at layer 1 when", "ablate x at layer 1 when > 0.5"],
-    "gate_cmp": [
-        "ablate x at layer 1 when h 0.5",
-        "ablate x at layer 1 when h = 0.5",
-        "ablate x at layer 1 when h is 0.5",
-    ],
-    "gate_layer": [
-        "ablate x at layer 1 when h > 0.5 at layers 1-2",
-        "ablate x at layer 1 when h > 0.5 at",
-        "ablate x at layer 1 when h > 0.5 at depth 50%",
-        "ablate x when h > 0.5 at layer 1 on last",
-    ],
+    "clause": _each_op("layers 10-14", "at layer 1 for all", "at layer 1 on last 3 4"),
+    "at_what": _each_op("at 10-14", "at", "at l 3"),
+    "layer_number": _each_op("at layers", "at layer x", "at layers 10-"),
+    "layer_list": _each_op("at layers 1 2", "at layers 1.5", "at layers 1-2-3", "at layers 1,"),
+    "depth_percent": _each_op("at depth 40", "at depth", "at depth 40%-60"),
+    "site_name": _each_op("at layer 1 in", "at layer 1 in 3"),
+    "tokens_name": _each_op("at layer 1 on", "at layer 1 on 3"),
+    "gate_concept": _each_op("at layer 1 when", "at layer 1 when > 0.5"),
+    "gate_cmp": _each_op("at layer 1 when h 0.5", "at layer 1 when h = 0.5", "at layer 1 when h is 0.5"),
+    "gate_layer": _each_op("at layer 1 when h > 0.5 at", "at layer 1 when h > 0.5 at depth 50%"),
+    "gate_last": _each_op("when h > 0.5 at layer 1 on last", "at layer 1 when h > 0.5 in attn"),
     "trailing": ["version 1 2", 'name "a" "b"', 'include "a" x'],
 }

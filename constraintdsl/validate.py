@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import Diagnostic, Span, SpecError, did_you_mean
+from .errors import Diagnostic, Span, SpecError, clip, did_you_mean
 from .parser import Header
 from .spec import Concept, Include, Op, Spec, Statement
 
 __all__ = ["SUPPORTED_VERSION", "assemble", "check_concepts"]
 
 SUPPORTED_VERSION = 1
+MISSING_DSL = "missing `version 1`"
+MISSING_YAML = "missing `version: 1`"
 
 
 def assemble(
@@ -27,7 +29,10 @@ def assemble(
 ) -> Spec:
     """Check one file's header and statements and build its :class:`Spec` (or raise)."""
     diags = list(diags)
-    diags.extend(check_header(header, path, bool(statements) or bool(diags)))
+    header_diags = check_header(header, path, bool(statements) or bool(diags))
+    if diags:  # a broken file may have lost its version line; don't also claim it is missing
+        header_diags = [d for d in header_diags if d.message not in (MISSING_DSL, MISSING_YAML, "empty spec")]
+    diags.extend(header_diags)
     includes = tuple(s for s in statements if isinstance(s, Include))
     concepts = tuple(s for s in statements if isinstance(s, Concept))
     constraints = tuple(s for s in statements if not isinstance(s, Include | Concept))
@@ -56,11 +61,13 @@ def check_header(header: Header, path: str, has_content: bool) -> list[Diagnosti
     """version first and equal to 1; name/model/version at most once."""
     out: list[Diagnostic] = []
     if header.version is None:
+        yaml = path.lower().endswith((".yaml", ".yml"))
+        opening = "`version: 1`" if yaml else "the line `version 1`"
         if not has_content:
-            out.append(Diagnostic(Span(path, 1, 1), "empty spec", "a spec starts with the line `version 1`"))
+            out.append(Diagnostic(Span(path, 1, 1), "empty spec", f"a spec starts with {opening}"))
         else:
             where = header.first_statement or Span(path, 1, 1)
-            out.append(Diagnostic(where, "missing `version 1`", "a spec starts with the line `version 1`"))
+            out.append(Diagnostic(where, MISSING_YAML if yaml else MISSING_DSL, f"a spec starts with {opening}"))
     else:
         number, span = header.version
         if header.first_statement is not None and header.first_statement != span:
@@ -69,7 +76,7 @@ def check_header(header: Header, path: str, has_content: bool) -> list[Diagnosti
             out.append(
                 Diagnostic(
                     header.version_number or span,
-                    f"unsupported spec version {number}",
+                    f"unsupported spec version {clip(str(number), 20)}",
                     "this constraintdsl reads `version 1` specs",
                 )
             )

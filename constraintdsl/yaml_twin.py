@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import Diagnostic, Span, describe_char, did_you_mean
-from .parser import Header, parse_fragment, parse_statement
+from .errors import Diagnostic, Span, clip, describe_char, did_you_mean
+from .parser import MAX_INT, METHOD_ON_FILE, Header, concept_path_problem, parse_fragment, parse_statement
 from .spec import OP_CLASSES, SITES, Concept, LayerRange, Layers, Op, Statement, Value
 
 __all__ = ["ConceptEntry", "Document", "json_schema", "parse_yaml"]
@@ -81,7 +81,7 @@ class ScaleEntry(_OpEntry):
     """``scale``: multiply the projection by ``by``."""
 
     op: Literal["scale"]
-    by: float | int
+    by: ValueField
 
 
 ENTRY_MODELS: dict[str, type[_OpEntry]] = {
@@ -171,7 +171,12 @@ class _Reader:
         if isinstance(node, ScalarNode):
             if node.tag not in _PLAIN_TAGS:
                 raise _Refused(node.start_mark, f"YAML tag {node.tag!r} is not allowed in spec files", "remove the tag")
-            value = self.loader.construct_object(node)
+            try:
+                value = self.loader.construct_object(node)
+            except (ValueError, OverflowError) as e:
+                raise _Refused(
+                    node.start_mark, f"cannot read the value {clip(str(node.value), 30)}: {clip(str(e), 80)}"
+                ) from None
             if isinstance(value, float) and not math.isfinite(value):
                 raise _Refused(node.start_mark, f"number {node.value} is not finite", None)
             return value
@@ -254,7 +259,10 @@ def _validate(reader: _Reader, model: type[BaseModel], mapping: _Item, what: str
     except ValidationError as err:
         seen: set[str] = set()
         fields = [f.alias or name for name, f in model.model_fields.items()]
-        for e in err.errors():
+        errors = err.errors()
+        unknown = {str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden" and e["loc"]}
+        suggested = {did_you_mean(k, fields) for k in unknown}
+        for e in errors:
             key = str(e["loc"][0]) if e["loc"] else ""
             if key in seen:
                 continue
@@ -263,24 +271,25 @@ def _validate(reader: _Reader, model: type[BaseModel], mapping: _Item, what: str
                 item = data[key]
                 reader.error(
                     cast(Node, item.key_node),
-                    f"unknown key '{key}' in {what}",
+                    f"unknown key '{clip(key)}' in {what}",
                     did_you_mean(key, fields) or f"keys: {', '.join(fields)}",
                 )
             elif e["type"] == "missing":
+                if f"did you mean '{key}'?" in suggested:
+                    continue  # the misspelt key is reported, with this one as its suggestion
                 reader.error(
-                    mapping.node,
-                    f"{what} is missing '{key}'",
-                    f"add `{key}:` ({_EXPECT.get(key, 'a value')})",
+                    mapping.node, f"{what} is missing '{key}'", f"add `{key}:` ({_EXPECT.get(key, 'a value')})"
                 )
             elif key in data:
                 item = data[key]
                 expected = _EXPECT.get(key, "another value")
-                if e["type"] == "literal_error" and isinstance(item.value, str):
-                    got = f"'{item.value}'"
+                if key == "layers" and isinstance(item.value, list):
+                    bad = next(s for s in item.value if not isinstance(s.value, int) or isinstance(s.value, bool))
+                    reader.error(bad.node, f"a layer must be a whole number, not {_type_word(bad.value)}", None)
+                elif e["type"] == "literal_error" and isinstance(item.value, str):
+                    got = f"'{clip(item.value)}'"
                     reader.error(
-                        item.node,
-                        f"'{key}' must be {expected}, not {got}",
-                        did_you_mean(item.value, _choices(e)),
+                        item.node, f"'{key}' must be {expected}, not {got}", did_you_mean(item.value, _choices(e))
                     )
                 else:
                     reader.error(item.node, f"'{key}' must be {expected}, not {_type_word(item.value)}", None)
@@ -346,7 +355,7 @@ def _op(reader: _Reader, item: _Item) -> Op | None:
     elif "layers" in data:
         layers = data["layers"]
         if isinstance(layers.value, int) and not isinstance(layers.value, bool):
-            fields["where"] = Layers((LayerRange(layers.value, layers.value),))
+            fields["where"] = _layer_items(reader, _Item([layers], layers.node))
         elif isinstance(layers.value, list):
             fields["where"] = _layer_items(reader, layers)
         else:
@@ -396,6 +405,13 @@ def _layer_items(reader: _Reader, item: _Item) -> Layers | None:
     for sub in cast(list[_Item], item.value):
         if not isinstance(sub.value, int) or isinstance(sub.value, bool):
             reader.error(sub.node, f"a layer must be a whole number, not {_type_word(sub.value)}", None)
+            return None
+        if abs(sub.value) > MAX_INT["layer"]:
+            reader.error(
+                sub.node,
+                f"layer {clip(str(sub.value), 20)} is out of range",
+                f"a layer is at most {MAX_INT['layer']:,}",
+            )
             return None
         ranges.append(LayerRange(sub.value, sub.value))
     if not ranges:
@@ -497,6 +513,11 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
             if ce is None:
                 continue
             c = cast(ConceptEntry, ce)
+            problem = concept_path_problem(c.from_, c.path)
+            if problem is not None:
+                reader.error(entry.value["path"].node, *problem)
+            if c.from_ == "file" and "method" in entry.value:
+                reader.error(cast(Node, entry.value["method"].key_node), *METHOD_ON_FILE)
             statements.append(
                 Concept(
                     str(name),

@@ -7,7 +7,7 @@ import pytest
 from lark.exceptions import UnexpectedInput
 
 from constraintdsl import SpecError, parse
-from constraintdsl.parser import _lark
+from constraintdsl.parser import _label, _lark
 from constraintdsl.syntax_errors import EXAMPLES, MESSAGES
 
 CASES = [(label, example) for label, examples in EXAMPLES.items() for example in examples]
@@ -17,12 +17,7 @@ def _classify(text: str) -> str | None:
     try:
         _lark().parse(text, start="start")
     except UnexpectedInput as err:
-        return err.match_examples(
-            lambda s: _lark().parse(s, start="start"),
-            EXAMPLES,
-            token_type_match_fallback=True,
-            use_accepts=True,
-        )
+        return _label(err)
     raise AssertionError(f"example parsed without error: {text!r}")
 
 

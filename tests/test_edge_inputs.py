@@ -1,0 +1,465 @@
+"""Generated edge inputs: huge files, huge lines, YAML bombs, deep nesting, random and mutated bytes.
+
+Every one must end in a parsed spec or a located :class:`SpecError` (a :class:`UserError` for a file
+that cannot be read), quickly, and the CLI must never show a traceback for any of them.  Inputs that
+could exhaust memory or hang run in a child process with a memory cap and a timeout, so a bug fails
+the test instead of taking the machine down.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from constraintdsl import Spec, SpecError, UserError, load, parse, parse_file
+from constraintdsl.cli import main
+
+CASES = Path(__file__).parent / "cases"
+MB = 1_000_000
+CHILD_MEMORY = 2 * 1024**3  # bytes of address space for an isolated child process
+
+HEADER = ["version 1", *(f'concept c{i} from pairs "data/c{i}.yaml"' for i in range(50))]
+FORMS = [
+    "clamp c{i} >= 0.3 at layers 10-14 on generated",
+    "clamp c{i} in [-0.5 raw, p90] at layer 12 in attn",
+    "ablate c{i} at layers -4..-1 in mlp on last 3",
+    "pin c{i} = p50 at depth 40%-60% on first 2",
+    "steer c{i} by 1.5 sd at layer 6 on prompt when c{j} > 0.5 at layer 2",
+    "scale c{i} by 0.5 at layers 2,4,6-8  # a trailing comment",
+]
+
+
+def big_spec_lines(size: int = MB) -> list[str]:
+    """A spec of valid statements of every kind, about ``size`` characters long."""
+    lines = list(HEADER)
+    total = sum(len(line) + 1 for line in lines)
+    k = 0
+    while total < size:
+        line = FORMS[k % len(FORMS)].format(i=k % 50, j=(k + 1) % 50)
+        lines.append(line)
+        total += len(line) + 1
+        k += 1
+    return lines
+
+
+def billion_laughs(levels: int = 10, width: int = 10) -> str:
+    """The classic alias bomb: ``width ** levels`` strings if aliases were expanded."""
+    out = ["version: 1", 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for n in range(1, levels):
+        refs = ", ".join([f"*l{n - 1}"] * width)
+        out.append(f"l{n}: &l{n} [{refs}]")
+    return "\n".join(out) + "\n"
+
+
+def run_isolated(code: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` in a child process capped at CHILD_MEMORY; fail the test if it hangs."""
+    prelude = textwrap.dedent(
+        f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, ({CHILD_MEMORY}, {CHILD_MEMORY}))
+        """
+    )
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", prelude + textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {timeout} s (a hang or a quadratic blow-up)")
+
+
+def outcome_in_child(text: str, suffix: str, tmp_path: Path, timeout: float = 20.0) -> tuple[str, float]:
+    """Write ``text`` to a spec file, parse_file it (and render any error) in a child process.
+
+    Returns ("ok" | "SpecError" | "UserError" | "EXC <type>: <message>", seconds the child measured).
+    """
+    path = tmp_path / f"input{suffix}"
+    path.write_text(text, encoding="utf-8")
+    code = f"""
+        import json, time
+        from constraintdsl import SpecError, UserError, parse_file
+        t = time.perf_counter()
+        try:
+            parse_file({str(path)!r})
+            kind = "ok"
+        except SpecError as e:
+            e.render()
+            kind = "SpecError"
+        except UserError as e:
+            e.render()
+            kind = "UserError"
+        except BaseException as e:
+            kind = "EXC " + type(e).__name__ + ": " + str(e)[:200]
+        print(json.dumps([kind, time.perf_counter() - t]))
+        """
+    proc = run_isolated(code, timeout)
+    assert proc.returncode == 0, f"child died (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    kind, seconds = json.loads(proc.stdout.strip().splitlines()[-1])
+    return str(kind), float(seconds)
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# -- a 1 MB spec -------------------------------------------------------------------------------
+
+
+def test_a_one_megabyte_spec_of_valid_statements_parses_within_seconds() -> None:
+    lines = big_spec_lines()
+    text = "\n".join(lines) + "\n"
+    assert len(text) >= MB
+    start = time.perf_counter()
+    spec = parse(text, "big.cdsl")
+    elapsed = time.perf_counter() - start
+    assert len(spec.constraints) == len(lines) - len(HEADER)
+    assert spec.constraints[-1].span.line == len(lines)
+    assert elapsed < 10, f"a 1 MB spec took {elapsed:.1f} s to parse"
+
+
+def test_a_one_megabyte_spec_file_loads_from_disk_within_seconds(tmp_path: Path) -> None:
+    path = tmp_path / "big.cdsl"
+    path.write_text("\n".join(big_spec_lines()) + "\n", encoding="utf-8")
+    start = time.perf_counter()
+    spec = load(path)
+    assert isinstance(spec, Spec)
+    assert time.perf_counter() - start < 10
+
+
+def test_a_one_megabyte_spec_with_one_bad_line_reports_exactly_that_line(tmp_path: Path) -> None:
+    lines = big_spec_lines()
+    bad = len(lines) // 2
+    lines[bad] = "clamp c7 > 0.3 at layers 10-14"
+    path = tmp_path / "big-bad.cdsl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as info:
+        parse_file(path)
+    rendered = info.value.render()
+    elapsed = time.perf_counter() - start
+    assert [(d.span.line, d.span.col) for d in info.value.diagnostics] == [(bad + 1, 10)]
+    assert f"{path}:{bad + 1}:10: error:" in rendered
+    assert "clamp c7 > 0.3 at layers 10-14" in rendered
+    assert elapsed < 10, f"a 1 MB spec with one bad line took {elapsed:.1f} s"
+
+
+def test_a_spec_with_twenty_thousand_bad_lines_reports_them_all_in_linear_time(tmp_path: Path) -> None:
+    # 20,000 references to an undefined concept: every one is reported, and rendering the report
+    # must not re-read the whole file per diagnostic.
+    text = "version 1\n" + "clamp nowhere >= 0.3 at layer 1\n" * 20_000
+    kind, seconds = outcome_in_child(text, ".cdsl", tmp_path, timeout=30)
+    assert kind == "SpecError"
+    assert seconds < 10, f"reporting 20,000 errors took {seconds:.1f} s"
+
+
+# -- YAML bombs and deep nesting ---------------------------------------------------------------
+
+
+def test_a_billion_laughs_yaml_is_refused_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(billion_laughs(), encoding="utf-8")
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as info:
+        parse_file(path)
+    assert time.perf_counter() - start < 2
+    diagnostics = info.value.diagnostics
+    assert [(d.span.line, d.span.col) for d in diagnostics if "alias" in d.message] == [(3, 10)]
+    # The document does start with `version: 1`: no second, spurious error at the top.
+    assert not [d.message for d in diagnostics if "version" in d.message]
+
+
+def test_a_billion_laughs_hidden_inside_a_constraint_is_refused_quickly(tmp_path: Path) -> None:
+    text = (
+        "version: 1\n"
+        "concepts:\n"
+        "  h: {from: pairs, path: h.yaml}\n"
+        "constraints:\n"
+        '  - &a {op: ablate, concept: h, layers: "1"}\n'
+        + "".join(f"  - &b{i} [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n" for i in range(3))
+    )
+    path = tmp_path / "laughs-in-constraints.yaml"
+    path.write_text(text, encoding="utf-8")
+    start = time.perf_counter()
+    with pytest.raises(SpecError):
+        parse_file(path)
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize(
+    ("shape", "text"),
+    [
+        ("flow list", "version: 1\nx: " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        ("flow mapping", "version: 1\nx: " + "{a: " * 100_000 + "1" + "}" * 100_000 + "\n"),
+        ("block sequence", "version: 1\nx:\n" + "".join(" " * i + "-\n" for i in range(1, 3_000))),
+        ("constraints list", "version: 1\nconstraints: " + "[" * 100_000 + "]" * 100_000 + "\n"),
+    ],
+)
+def test_deeply_nested_yaml_is_refused_with_a_spec_error_quickly(shape: str, text: str, tmp_path: Path) -> None:
+    kind, seconds = outcome_in_child(text, ".yaml", tmp_path)
+    assert kind == "SpecError", f"{shape}: {kind}"
+    assert seconds < 2, f"{shape}: refusing took {seconds:.2f} s"
+
+
+def test_a_hundred_thousand_deep_flow_list_is_refused_in_process_too(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("version: 1\nx: " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as info:
+        parse_file(path)
+    assert time.perf_counter() - start < 2
+    assert "deep" in info.value.diagnostics[0].message
+
+
+# -- very long single lines ---------------------------------------------------------------------
+
+LONG_LINES: dict[str, str] = {
+    "a layer list": "clamp c0 >= 0.3 at layers " + ",".join(str(i) for i in range(180_000)),
+    "a concept name": "clamp " + "c" * MB + " >= 0.3 at layer 1",
+    "a quoted name": 'name "' + "a" * MB + '"',
+    "a comment": "ablate c0 at layer 1  # " + "z" * MB,
+    "junk letters": "x" * MB,
+    "open parentheses": "(" * MB,
+    "spaces before an error": " " * MB + "clamp c0 > 0.3 at layer 1",
+    "an unterminated string": 'name "' + "a" * MB,
+    "a huge number": "clamp c0 >= " + "9" * MB + " at layer 1",
+    "a huge layer number": "ablate c0 at layer " + "9" * MB,
+    "repeated clauses": "ablate c0 at layer 1 " + "on last 2 " * 100_000,
+    "repeated units": "clamp c0 >= 0.3 " + "raw " * 250_000 + "at layer 1",
+}
+
+
+@pytest.mark.parametrize("what", sorted(LONG_LINES))
+def test_a_one_megabyte_single_line_gives_a_spec_error_or_parses(what: str, tmp_path: Path) -> None:
+    text = 'version 1\nconcept c0 from pairs "c0.yaml"\n' + LONG_LINES[what] + "\n"
+    assert len(text) > 900_000
+    kind, seconds = outcome_in_child(text, ".cdsl", tmp_path)
+    assert kind in ("ok", "SpecError"), f"{what}: {kind}"
+    assert seconds < 8, f"{what}: took {seconds:.1f} s"
+
+
+def test_a_one_megabyte_dsl_line_inside_yaml_gives_a_spec_error_or_parses(tmp_path: Path) -> None:
+    text = (
+        "version: 1\nconcepts:\n  c0: {from: pairs, path: c0.yaml}\nconstraints:\n"
+        '  - "ablate c0 at layer 1 ' + "on last 2 " * 100_000 + '"\n'
+    )
+    kind, seconds = outcome_in_child(text, ".yaml", tmp_path)
+    assert kind in ("ok", "SpecError"), kind
+    assert seconds < 8, f"took {seconds:.1f} s"
+
+
+def test_a_spec_error_on_a_one_megabyte_line_renders_a_bounded_report() -> None:
+    with pytest.raises(SpecError) as info:
+        parse('version 1\nconcept c0 from pairs "c0.yaml"\n' + "x" * MB + "\n", "long.cdsl")
+    # One error on one line: the report may show the line, but not many copies of a megabyte.
+    assert len(info.value.render()) < 4 * MB
+
+
+def test_a_huge_layer_range_is_not_enumerated_one_layer_at_a_time(tmp_path: Path) -> None:
+    # `at layers 0-2000000000` must be kept as a range (or refused), not expanded into a set.
+    text = 'version 1\nconcept c0 from pairs "c0.yaml"\nablate c0 at layers 0-2000000000\n'
+    kind, seconds = outcome_in_child(text, ".cdsl", tmp_path, timeout=20)
+    assert kind in ("ok", "SpecError"), kind
+    assert seconds < 2, f"took {seconds:.1f} s"
+
+
+# -- random and mutated bytes --------------------------------------------------------------------
+
+ALPHABET = (
+    b"version name model include concept from pairs file method mean pca clamp pin ablate steer"
+    b" scale by at layer layers depth in on all prompt generated last first when raw sd p25"
+    b" 0123456789.-+,[]%=<>#\"'\t\r\n\n\n :{}&*!|?-"
+)
+
+
+def random_inputs(seed: int, count: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    for _ in range(count):
+        n = rng.randrange(0, 200)
+        if rng.random() < 0.5:
+            out.append(bytes(rng.randrange(256) for _ in range(n)))
+        else:
+            out.append(bytes(rng.choice(ALPHABET) for _ in range(n)))
+    return out
+
+
+def mutated_inputs(seed: int, count: int) -> list[tuple[str, bytes]]:
+    """Valid golden files with a few bytes flipped, inserted or deleted."""
+    rng = random.Random(seed)
+    sources = sorted(p for p in (CASES / "valid").iterdir() if p.suffix in (".cdsl", ".yaml"))
+    out: list[tuple[str, bytes]] = []
+    for _ in range(count):
+        src = rng.choice(sources)
+        data = bytearray(src.read_bytes())
+        for _ in range(rng.randrange(1, 4)):
+            pos = rng.randrange(len(data) + 1)
+            action = rng.randrange(3)
+            if action == 0 and pos < len(data):
+                data[pos] = rng.choice(ALPHABET + bytes([0, 0xFF, 0xE2, 0x80, 0x94]))
+            elif action == 1:
+                data[pos:pos] = bytes([rng.choice(ALPHABET)])
+            elif pos < len(data):
+                del data[pos]
+        out.append((src.suffix, bytes(data)))
+    return out
+
+
+def assert_only_user_errors(data: bytes, suffix: str, folder: Path) -> None:
+    path = folder / f"fuzz{suffix}"
+    path.write_bytes(data)
+    try:
+        parse_file(path)
+    except SpecError as e:
+        for d in e.diagnostics:
+            assert d.span.line >= 1 and d.span.col >= 1, (data, d)
+        e.render()
+    except UserError as e:
+        e.render()
+    except Exception as e:  # pragma: no cover - a failure path
+        shown = repr(data) if len(data) < 300 else repr(data[:300]) + f"... ({len(data)} bytes)"
+        pytest.fail(f"{type(e).__name__}: {str(e)[:300]} for {suffix} input {shown}")
+
+
+@pytest.mark.parametrize("suffix", [".cdsl", ".yaml"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_bytes_given_to_parse_file_only_raise_spec_or_user_errors(
+    suffix: str, seed: int, tmp_path: Path
+) -> None:
+    for data in random_inputs(seed, 300):
+        assert_only_user_errors(data, suffix, tmp_path)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_mutated_valid_specs_only_raise_spec_or_user_errors(seed: int, tmp_path: Path) -> None:
+    for suffix, data in mutated_inputs(seed, 300):
+        assert_only_user_errors(data, suffix, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("what", "data"),
+    [
+        ("a NUL byte", b"version 1\x00\n"),
+        ("a YAML control character", b"version: 1\nname: a\x07b\n"),
+        ("a lone surrogate escape in YAML", b'version: 1\nname: "\\ud800"\n'),
+        ("a YAML document stream", b"version: 1\n---\nversion: 1\n"),
+        ("a YAML explicit key", b"version: 1\n? [a, b]\n: c\n"),
+        ("a YAML set tag", b"version: 1\nname: !!set {a: null}\n"),
+        ("a YAML binary tag", b"version: 1\nname: !!binary aGk=\n"),
+        ("a YAML timestamp", b"version: 1\nname: 2026-11-26\n"),
+        ("a YAML integer key", b"version: 1\n1: x\n"),
+        ("a YAML null key", b"version: 1\n~: x\n"),
+        ("a huge YAML integer", b"version: 1" + b"0" * 5000 + b"\n"),
+        (
+            "a YAML float layer",
+            b"version: 1\nconcepts: {h: {from: pairs, path: h.yaml}}\n"
+            b"constraints:\n  - {op: ablate, concept: h, layers: 1.5}\n",
+        ),
+        ("a UTF-16 file", "version 1\n".encode("utf-16")),
+        ("only a BOM", b"\xef\xbb\xbf"),
+        ("only CR line ends", b"version 1\rname x\r"),
+    ],
+)
+def test_odd_inputs_only_raise_spec_or_user_errors(what: str, data: bytes, tmp_path: Path) -> None:
+    for suffix in (".cdsl", ".yaml"):
+        assert_only_user_errors(data, suffix, tmp_path)
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_check_exits_1_on_an_invalid_spec_and_prints_the_located_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.cdsl"
+    path.write_text('version 1\nconcept h from pairs "h.yaml"\nclamp h > 0.3 at layer 1\n', encoding="utf-8")
+    code, _, err = run_cli(["check", str(path)], capsys)
+    assert code == 1
+    assert f"{path}:3:9: error:" in err
+    assert "Traceback" not in err
+
+
+def test_cli_check_exits_2_for_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.cdsl"
+    code, _, err = run_cli(["check", str(missing)], capsys)
+    assert code == 2
+    assert "no such file" in err
+    assert "Traceback" not in err
+
+
+def test_cli_check_exits_2_for_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["check", str(tmp_path)], capsys)
+    assert code == 2
+    assert "Traceback" not in err
+
+
+def edge_files(folder: Path) -> dict[str, Path]:
+    files: dict[str, bytes] = {
+        "laughs.yaml": billion_laughs().encode(),
+        "deep.yaml": b"version: 1\nx: " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+        "tag.yaml": b'version: 1\nname: !!python/object/apply:os.system ["echo hi"]\n',
+        "not-utf8.cdsl": b'version 1\nname "caf\xe9"\n',
+        "empty.cdsl": b"",
+        "bad-line.cdsl": ("\n".join(big_spec_lines(200_000)) + "\nclamp c1 > 1 at layer 1\n").encode(),
+        "long-line.cdsl": b"version 1\n" + b"x" * MB + b"\n",
+        **{f"random-{i}.cdsl": data for i, data in enumerate(random_inputs(7, 10))},
+        **{f"random-{i}.yaml": data for i, data in enumerate(random_inputs(8, 10))},
+    }
+    out: dict[str, Path] = {}
+    for name, data in files.items():
+        path = folder / name
+        path.write_bytes(data)
+        out[name] = path
+    return out
+
+
+def test_the_cli_never_prints_a_traceback_for_edge_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, path in edge_files(tmp_path).items():
+        for args in (["check", str(path)], ["check", "--format", "json", str(path)], ["hash", str(path)]):
+            code, out, err = run_cli(args, capsys)
+            assert code in (1, 2), f"{args}: exit {code}: {err[-500:]}"
+            assert "Traceback" not in err + out, f"{args}: {err[-2000:]}"
+            assert "internal error" not in err, f"{name}: {err[-500:]}"
+            if "--format" in args:
+                json.loads(out)
+
+
+def test_the_yaml_python_tag_is_refused_and_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "tag.yaml"
+    path.write_text(f'version: 1\nname: !!python/object/apply:os.system ["touch {marker}"]\n', encoding="utf-8")
+    code, _, err = run_cli(["check", str(path)], capsys)
+    assert code == 1
+    assert "tag" in err
+    assert not marker.exists()
+
+
+# -- twins in the golden folder ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("mission-unicode.json", "mission-ascii.json"),
+        ("assistant-floor.json", "assistant-floor-twin.json"),
+        ("yaml-all-fields.json", "yaml-all-fields-twin.json"),
+        ("bom-valid.json", "bom-crlf-valid.json"),
+    ],
+)
+def test_twin_goldens_are_equal_apart_from_spans(a: str, b: str) -> None:
+    golden_a = json.loads((CASES / "valid" / a).read_text(encoding="utf-8"))
+    golden_b = json.loads((CASES / "valid" / b).read_text(encoding="utf-8"))
+    for key in ("spec", "canonical", "hash"):
+        assert golden_a[key] == golden_b[key], key
+    assert golden_a["spans"] != golden_b["spans"]
