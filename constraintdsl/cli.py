@@ -92,6 +92,73 @@ def schema(
     raise typer.Exit(commands.schema(output, out=sys.stdout))
 
 
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="model: smollm2, a Hugging Face id or a local folder (default: the spec's)")
+]
+DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="model weights dtype")]
+
+
+@app.command()
+def explain(
+    spec: Annotated[str, typer.Argument(help="spec file", metavar="SPEC")],
+    model: ModelOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    format: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+) -> None:
+    """Print the resolved plan (layers, raw bounds per layer, positions, gates) without running the model."""
+    from . import execute
+
+    raise typer.Exit(
+        execute.explain_spec(spec, model_name=model, dtype=dtype.value, fmt=format.value, out=sys.stdout, err=sys.stderr)
+    )
+
+
+@app.command()
+def run(
+    spec: Annotated[str, typer.Argument(help="spec file", metavar="SPEC")],
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="a prompt (repeatable)")] = None,
+    prompts: Annotated[str | None, typer.Option("--prompts", help="file: one prompt per line, or .jsonl")] = None,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=4096)] = 32,
+    no_baseline: Annotated[bool, typer.Option("--no-baseline", help="skip the unconstrained generation")] = False,
+    format: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+) -> None:
+    """Generate with the spec applied, beside the unconstrained baseline, and show which constraints bound."""
+    from . import execute
+
+    if (prompt is None) == (prompts is None):
+        raise UserError("--prompt", "give prompts with --prompt TEXT (repeatable) or --prompts FILE", None)
+    texts = list(prompt) if prompt else execute.read_prompts(str(prompts))
+    raise typer.Exit(
+        execute.run_spec(
+            spec,
+            prompts=texts,
+            model_name=model,
+            dtype=dtype.value,
+            max_new_tokens=max_new_tokens,
+            baseline=not no_baseline,
+            fmt=format.value,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    )
+
+
+def _mount_subcommands() -> None:
+    from .cli_concept import concept_app
+
+    app.add_typer(concept_app, name="concept")
+
+
+_mount_subcommands()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``cdsl``; returns the exit code instead of raising SystemExit."""
     try:
