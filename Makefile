@@ -32,7 +32,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 demo: $(STAMP)
-	$(PY) -m constraintdsl demo
+	$(PY) -m constraintdsl.demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/parse.py

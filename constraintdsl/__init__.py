@@ -15,6 +15,27 @@ from .spec import Ablate, Clamp, Concept, Gate, Include, Pin, Scale, Spec, Steer
 
 __version__ = "0.1.0"
 
+# Names that need torch/nnsight load on first use, so `import constraintdsl` stays light.
+_LAZY = {
+    "compile": "api",
+    "apply": "api",
+    "install": "api",
+    "uninstall": "api",
+    "Plan": "compiler",
+    "resolve": "compiler",
+    "load_model": "models",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'constraintdsl' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
 __all__ = [
     "Ablate",
     "Change",
@@ -24,6 +45,7 @@ __all__ = [
     "Gate",
     "Include",
     "Pin",
+    "Plan",
     "Scale",
     "Span",
     "Spec",
@@ -34,9 +56,15 @@ __all__ = [
     "UserError",
     "Value",
     "__version__",
+    "apply",
+    "compile",
     "diff",
+    "install",
     "load",
+    "load_model",
     "parse",
     "parse_file",
+    "resolve",
     "spec_hash",
+    "uninstall",
 ]

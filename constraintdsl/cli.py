@@ -98,7 +98,8 @@ class Dtype(str, Enum):
 
 
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="model: smollm2, a Hugging Face id or a local folder (default: the spec's)")
+    str | None,
+    typer.Option("--model", help="model: smollm2, a Hugging Face id or a local folder (default: the spec's)"),
 ]
 DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="model weights dtype")]
 
@@ -114,7 +115,9 @@ def explain(
     from . import execute
 
     raise typer.Exit(
-        execute.explain_spec(spec, model_name=model, dtype=dtype.value, fmt=format.value, out=sys.stdout, err=sys.stderr)
+        execute.explain_spec(
+            spec, model_name=model, dtype=dtype.value, fmt=format.value, out=sys.stdout, err=sys.stderr
+        )
     )
 
 

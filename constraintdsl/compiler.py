@@ -10,7 +10,7 @@ The Plan's ``payload`` is what the torch-only runtime interprets (and what trave
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class Plan:
     payload: dict[str, Any]
     entries: tuple[Entry, ...]
     concepts: Mapping[str, str]  # concept name → artifact path (or "<given>")
+    model_ref: Any = field(default=None, repr=False, compare=False)  # the model it was resolved for
 
     def explain(self) -> str:
         """Human-readable resolved plan: layers, raw bounds per layer, positions, gates, groups."""
@@ -77,17 +78,32 @@ class Plan:
 
         return explain(self)
 
-    def generate(self, model: Any, prompts: Sequence[str] | str, **kwargs: Any) -> Any:
-        """Generate with the plan applied (see :func:`constraintdsl.runner.generate`)."""
+    def generate(self, prompts: Any, *, model: Any = None, **kwargs: Any) -> Any:
+        """Generate from ``prompts`` with the plan applied at every step; returns texts, ids and
+        telemetry (see :func:`constraintdsl.runner.generate`; rows via :meth:`telemetry`)."""
         from . import runner
 
-        return runner.generate(model, self.payload, prompts, **kwargs)
+        return runner.generate(model or self.model_ref, self.payload, prompts, **kwargs)
 
-    def trace(self, model: Any, inputs: Any, **kwargs: Any) -> Any:
-        """One forward pass with the plan applied (see :func:`constraintdsl.runner.trace`)."""
+    def trace(self, inputs: Any, *, model: Any = None, **kwargs: Any) -> Any:
+        """One forward pass over ``inputs`` with the plan applied; returns logits and telemetry."""
         from . import runner
 
-        return runner.trace(model, self.payload, inputs, **kwargs)
+        return runner.trace(model or self.model_ref, self.payload, inputs, **kwargs)
+
+    def apply(self, state: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Apply inside your own ``with model.generate(...)`` / ``model.trace(...)`` block (see
+        :func:`constraintdsl.runner.apply`); returns the run state, whose ``"tele"`` is saved."""
+        from . import runner
+
+        result: dict[str, Any] = runner.apply(self.model_ref, self.payload, state, **kwargs)
+        return result
+
+    def telemetry(self, tele: Any) -> list[Any]:
+        """Telemetry rows (calibrated units) from a run's accumulated telemetry tensor."""
+        from .telemetry import summarize
+
+        return list(summarize(self, tele))
 
 
 def resolve_layers(where: Layers | Depth, n: int) -> list[int]:
@@ -111,8 +127,15 @@ def resolve_layers(where: Layers | Depth, n: int) -> list[int]:
 
 
 class _Resolver:
-    def __init__(self, spec: Spec, model: Any, identity: ModelIdentity, base: Path,
-                 given: Mapping[str, ConceptArtifact], progress: bool) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        model: Any,
+        identity: ModelIdentity,
+        base: Path,
+        given: Mapping[str, ConceptArtifact],
+        progress: bool,
+    ) -> None:
         self.spec = spec
         self.model = model
         self.identity = identity
@@ -148,7 +171,11 @@ class _Resolver:
                     art = load_artifact(path, span=concept.path_span)
                 else:
                     art = build_concept(
-                        path, self.model, site=site, method=concept.method, span=concept.path_span,
+                        path,
+                        self.model,
+                        site=site,
+                        method=concept.method,
+                        span=concept.path_span,
                         progress=self.progress,
                     )
             except SpecError as e:
@@ -186,8 +213,9 @@ class _Resolver:
         return torch.tensor(np.asarray(vec, dtype=np.float32))
 
     # -- units --------------------------------------------------------------------------
-    def raw(self, art: ConceptArtifact, name: str, layer: int, value: Value, span: Span, *,
-            displacement: bool = False) -> float | None:
+    def raw(
+        self, art: ConceptArtifact, name: str, layer: int, value: Value, span: Span, *, displacement: bool = False
+    ) -> float | None:
         """``value`` at ``layer`` in raw projection units (a displacement for steer)."""
         if value.unit is Unit.raw:
             return value.number
@@ -203,7 +231,9 @@ class _Resolver:
         scale = float(cal.scale[row])
         if value.unit is Unit.calibrated:
             if abs(scale) < 1e-12:
-                self.error(span, f"concept '{name}' has zero pole distance at layer {layer}; calibrated units are undefined")
+                self.error(
+                    span, f"concept '{name}' has zero pole distance at layer {layer}; calibrated units are undefined"
+                )
                 return None
             return value.number * scale if displacement else float(cal.neg_mean[row]) + value.number * scale
         if value.unit is Unit.sd:
@@ -265,7 +295,9 @@ def resolve(
     def site_slot(layer: int, site: str) -> dict[str, Any]:
         slot = sites.get((layer, site))
         if slot is None:
-            path = f"{arch.layers}.{layer}" + ("" if site == "resid" else f".{arch.attn if site == 'attn' else arch.mlp}")
+            path = f"{arch.layers}.{layer}" + (
+                "" if site == "resid" else f".{arch.attn if site == 'attn' else arch.mlp}"
+            )
             slot = {"layer": layer, "site": site, "path": path, "actions": [], "members": [], "gate_reads": []}
             sites[(layer, site)] = slot
         return slot
@@ -323,7 +355,7 @@ def resolve(
         raise SpecError(r.diags, _sources(spec))
     payload = {"sites": payload_sites, "n_entries": len(entries), "n_gates": len(gate_ids)}
     names = {name: (art.path or "<given>") for (name, _), art in r.artifacts.items() if art is not None}
-    return Plan(spec=spec, model=identity, payload=payload, entries=tuple(entries), concepts=names)
+    return Plan(spec=spec, model=identity, payload=payload, entries=tuple(entries), concepts=names, model_ref=model)
 
 
 def _checked_layers(r: _Resolver, op: Op, n: int) -> list[int]:
@@ -392,7 +424,8 @@ def _gate(
     if layer > limit:
         r.error(
             gate.span,
-            f"the gate reads layer {layer}, after the first layer this statement acts on ({first}{'' if op.site == 'resid' else ', ' + op.site})",
+            f"the gate reads layer {layer}, after the first layer this statement acts on "
+            f"({first}{'' if op.site == 'resid' else ', ' + op.site})",
             f"read at or before the layer it acts on: when … at layer {limit}" if limit >= 0 else "remove the gate",
         )
         return None
@@ -435,8 +468,16 @@ def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
             dirs.append(m["u"])
             owners.append([])
         lo, hi = (m["lo"], m["hi"]) if sign > 0 else (-m["hi"], -m["lo"])
-        member = {"dir": col, "lo": lo, "hi": hi, "sign": sign, "tokens": m["tokens"], "count": m["count"],
-                  "gate": m["gate"], "entry": m["entry"]}
+        member = {
+            "dir": col,
+            "lo": lo,
+            "hi": hi,
+            "sign": sign,
+            "tokens": m["tokens"],
+            "count": m["count"],
+            "gate": m["gate"],
+            "entry": m["entry"],
+        }
         for other in owners[col]:
             if _overlap((other["tokens"], 0), (m["tokens"], 0)) and (
                 other["lo"] > hi + 1e-6 * (1 + abs(hi)) or lo > other["hi"] + 1e-6 * (1 + abs(lo))
@@ -451,12 +492,13 @@ def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
         owners[col].append({**member, "op": m["op"]})
         bounds.append(member)
     u = torch.stack(dirs)
-    gram = (u.double() @ u.double().T)
+    gram = u.double() @ u.double().T
     if len(dirs) > 1 and float(torch.linalg.eigvalsh(gram).min()) < DEPENDENT:
         names = ", ".join(f"`{statement_dsl(o[0]['op'])}`" for o in owners)
         r.error(
             owners[-1][0]["op"].span,
-            f"at layer {slot['layer']} the directions of {names} are linearly dependent, so their joint bounds are ill-defined",
+            f"at layer {slot['layer']} the directions of {names} are linearly dependent, "
+            "so their joint bounds are ill-defined",
             "drop one of these statements at this layer",
         )
         return
@@ -502,6 +544,3 @@ def _sources(spec: Spec) -> dict[str, str]:
         except (OSError, UnicodeDecodeError):
             continue
     return out
-
-
-_ = Callable  # typing re-export guard

@@ -14,6 +14,7 @@ from .load import load, read_text
 
 if TYPE_CHECKING:
     from .compiler import Plan
+    from .readout import Effect
     from .spec import Spec
     from .telemetry import TelemetryRow
 
@@ -33,7 +34,9 @@ def read_prompts(path: str) -> list[str]:
             try:
                 item = json.loads(stripped)
             except json.JSONDecodeError as e:
-                raise SpecError.single(Span(path, lineno, e.colno), f"invalid JSON: {e.msg}", None, source=text) from None
+                raise SpecError.single(
+                    Span(path, lineno, e.colno), f"invalid JSON: {e.msg}", None, source=text
+                ) from None
             value = item.get("prompt") if isinstance(item, dict) else item
             if not isinstance(value, str) or not value.strip():
                 raise SpecError.single(
@@ -43,7 +46,9 @@ def read_prompts(path: str) -> list[str]:
         else:
             prompts.append(stripped)
     if not prompts:
-        raise UserError("--prompts", f"{path} holds no prompts", "one prompt per line (.txt) or {\"prompt\": …} per line (.jsonl)")
+        raise UserError(
+            "--prompts", f"{path} holds no prompts", 'one prompt per line (.txt) or {"prompt": …} per line (.jsonl)'
+        )
     return prompts
 
 
@@ -56,7 +61,9 @@ def _load_model(spec: Spec, name: str | None, dtype: str, err: TextIO) -> Any:
     return load_model(chosen, dtype=dtype)
 
 
-def _compile(path: str, model_name: str | None, dtype: str, err: TextIO, progress: bool = True) -> tuple[Plan, Any, str]:
+def _compile(
+    path: str, model_name: str | None, dtype: str, err: TextIO, progress: bool = True
+) -> tuple[Plan, Any, str]:
     from .canonical import spec_hash
     from .compiler import resolve
 
@@ -107,6 +114,65 @@ def telemetry_table(rows: list[TelemetryRow]) -> str:
     return "\n".join(lines)
 
 
+def _effects(plan: Plan, model: Any, base: Any, done: Any) -> list[Effect]:
+    """Readout shift of every calibrated concept the spec constrains, baseline → constrained."""
+    import math
+
+    from .artifacts import load_artifact
+    from .concepts import recommended_layers
+    from .readout import Effect, readout
+
+    out: list[Effect] = []
+    used = {e.concept for e in plan.entries}
+    for name in sorted(used):
+        path = plan.concepts.get(name)
+        if path is None or path == "<given>":
+            continue
+        art = load_artifact(path)
+        best = recommended_layers(art, top=1)
+        if art.calibration is None or not best:
+            continue
+        layer = best[0]
+        b = readout(model, art, layer, base.ids, base.attention_mask, base.prompt_width)
+        c = readout(model, art, layer, done.ids, done.attention_mask, done.prompt_width)
+        ok = ~(b.isnan() | c.isnan())
+        bm, cm = float(b[ok].mean()), float(c[ok].mean())
+        out.append(
+            Effect(
+                concept=name,
+                layer=layer,
+                auroc=float(art.calibration.auroc[art.row(layer)]),
+                baseline=bm,
+                constrained=cm,
+                shift=cm - bm if not (math.isnan(bm) or math.isnan(cm)) else float("nan"),
+                moved_up=int((c[ok] > b[ok]).sum()),
+                prompts=int(ok.sum()),
+            )
+        )
+    return out
+
+
+def effect_table(effects: list[Effect]) -> str:
+    """Plain-text table of readout effects."""
+    head = ["concept", "layer", "AUROC", "baseline", "constrained", "shift", "prompts moved up"]
+    body = [
+        [
+            e.concept,
+            str(e.layer),
+            f"{e.auroc:.3f}",
+            f"{e.baseline:+.3f}",
+            f"{e.constrained:+.3f}",
+            f"{e.shift:+.3f}",
+            f"{e.moved_up}/{e.prompts}",
+        ]
+        for e in effects
+    ]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def run_spec(
     path: str,
     *,
@@ -129,6 +195,7 @@ def run_spec(
     done = runner.generate(model, plan.payload, prompts, max_new_tokens=max_new_tokens)
     assert done.telemetry is not None
     rows = summarize(plan, done.telemetry)
+    effects = _effects(plan, model, base, done) if base is not None else []
     if fmt == "json":
         report = {
             "spec": path,
@@ -139,6 +206,7 @@ def run_spec(
                 {"prompt": p, "baseline": base.texts[i] if base else None, "constrained": done.texts[i]}
                 for i, p in enumerate(prompts)
             ],
+            "effect": [e.to_dict() for e in effects],
             "telemetry": [r.to_dict() for r in rows],
         }
         out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -149,7 +217,9 @@ def run_spec(
         if base is not None:
             out.write(f"baseline:    {base.texts[i].strip()}\n")
         out.write(f"constrained: {done.texts[i].strip()}\n")
+    if effects:
+        out.write("\neffect on generated text (mean readout at the concept's best layer, calibrated units):\n")
+        out.write(effect_table(effects) + "\n")
     out.write("\nwhich constraints bound (corrections in calibrated units of each concept):\n")
     out.write(telemetry_table(rows) + "\n")
     return EXIT_OK
-

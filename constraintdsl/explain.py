@@ -14,8 +14,13 @@ if TYPE_CHECKING:
 
 __all__ = ["explain", "plan_summary"]
 
-_TOKEN_NAMES = {runtime.ALL: "all", runtime.PROMPT: "prompt", runtime.GENERATED: "generated", runtime.LAST: "last",
-                runtime.FIRST: "first"}
+_TOKEN_NAMES = {
+    runtime.ALL: "all",
+    runtime.PROMPT: "prompt",
+    runtime.GENERATED: "generated",
+    runtime.LAST: "last",
+    runtime.FIRST: "first",
+}
 
 
 def _tokens(code: int, count: int) -> str:
@@ -68,8 +73,12 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
         for members, _group in site["groups"]:
             dirs = site["dirs"][members]
             cos = (dirs @ dirs.T).abs() - torch.eye(len(members))
-            groups.append({"directions": len(members), "max_abs_cos": round(float(cos.max()), 4) if len(members) > 1 else 0.0})
-        sites.append({"layer": site["layer"], "site": site["site"], "module": site["path"], "ops": ops, "joint": groups})
+            groups.append(
+                {"directions": len(members), "max_abs_cos": round(float(cos.max()), 4) if len(members) > 1 else 0.0}
+            )
+        sites.append(
+            {"layer": site["layer"], "site": site["site"], "module": site["path"], "ops": ops, "joint": groups}
+        )
     return {
         "spec": plan.spec.path,
         "model": {
@@ -96,7 +105,10 @@ def explain(plan: Plan) -> str:
     out += [f"  {name}: {path}" for name, path in sorted(s["concepts"].items())]
     if s["gates"]:
         out.append("gates (per sequence: mean raw projection over the prompt, first token left out):")
-        out += [f"  g{g['gate']}: reads layer {g['layer']}, passes if {g['cmp']} {_raw(g['threshold_raw'])} raw" for g in s["gates"]]
+        out += [
+            f"  g{g['gate']}: reads layer {g['layer']}, passes if {g['cmp']} {_raw(g['threshold_raw'])} raw"
+            for g in s["gates"]
+        ]
     for site in s["sites"]:
         out.append(f"layer {site['layer']} {site['site']} ({site['module']})")
         width = max(len(op["statement"]) for op in site["ops"]) if site["ops"] else 0

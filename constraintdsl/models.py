@@ -228,9 +228,7 @@ def _check_loadable(name: str) -> None:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
         if _hub_offline():
-            why = (
-                "it is not in the local Hugging Face cache (HF_HUB_OFFLINE is set, so the hub was not asked)"
-            )
+            why = "it is not in the local Hugging Face cache (HF_HUB_OFFLINE is set, so the hub was not asked)"
         else:
             why = "the Hugging Face hub could not be reached or has no such model"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

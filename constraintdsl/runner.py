@@ -12,7 +12,7 @@ baseline and constrained results differ only by the interventions.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +24,18 @@ from constraintdsl import runtime
 
 __all__ = [
     "GenerateResult",
+    "RemoteJob",
     "TraceResult",
     "apply",
     "encode",
+    "fetch",
     "generate",
+    "generate_variants",
     "install",
     "installed",
+    "submit",
     "trace",
+    "trace_variants",
     "uninstall",
 ]
 
@@ -133,6 +138,9 @@ def generate(
     max_new_tokens: int = 32,
     chat: bool = True,
     telemetry: bool = True,
+    remote: bool | str = False,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
     **gen_kwargs: Any,
 ) -> GenerateResult:
     """Generate from ``prompts`` with ``payload`` applied at every step (prefill and each KV-cached
@@ -142,36 +150,211 @@ def generate(
     with the tokenizer's chat template unless ``chat=False``.  Already tokenized input
     (``{"input_ids", "attention_mask"}``) is used as given.  ``telemetry=False`` skips recording it
     (cheaper per step); the result's ``telemetry`` is then None.
+
+    ``remote``: ``True`` runs on NDIF (host from ``NDIF_HOST`` or nnsight's config, key from
+    ``NDIF_API_KEY`` or nnsight's config), a URL runs on that server; only the generated ids and
+    the telemetry come back.  ``timeout`` bounds the wait (seconds); ``progress`` receives status
+    lines.  See :func:`generate_variants` for several payloads in one request.
     """
+    (result,) = generate_variants(
+        model,
+        [payload],
+        prompts,
+        max_new_tokens=max_new_tokens,
+        chat=chat,
+        telemetry=telemetry,
+        remote=remote,
+        timeout=timeout,
+        progress=progress,
+        **gen_kwargs,
+    )
+    return result
+
+
+def generate_variants(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    prompts: Prompt | Sequence[Prompt] | Mapping[str, torch.Tensor],
+    *,
+    max_new_tokens: int = 32,
+    chat: bool = True,
+    telemetry: bool = True,
+    remote: bool | str = False,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    backend: Any = None,
+    **gen_kwargs: Any,
+) -> list[GenerateResult]:
+    """:func:`generate` for several payloads (``None`` for a baseline) over the same prompts in ONE
+    generation (and one NDIF request when remote): one invoke per payload, each holding every prompt.
+
+    Returns one :class:`GenerateResult` per payload, in order; each has its own ids and telemetry,
+    and ``seconds`` is the wall time of the whole batch.  ``backend`` (an nnsight ``Backend``)
+    overrides where the trace runs; ``remote`` builds one for NDIF.
+    """
+    job = _generate_job(model, payloads, prompts, max_new_tokens, chat, telemetry, gen_kwargs)
+    backend = _remote_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
+    started = time.perf_counter()
+    new_ids, teles = _run_generate(model, job, backend)
+    return _generate_results(model, job, new_ids, teles, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class RemoteJob:
+    """A request submitted without waiting (:func:`submit`): what :func:`fetch` needs to rebuild the
+    results once the server has them.  ``to_dict`` / ``from_dict`` make it storable as JSON."""
+
+    job_id: str
+    host: str
+    model_key: str
+    kind: str  # "generate" or "trace"
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    records: tuple[bool, ...]
+    logits: str = "all"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields."""
+        return {
+            "job_id": self.job_id,
+            "host": self.host,
+            "model_key": self.model_key,
+            "kind": self.kind,
+            "input_ids": self.input_ids.tolist(),
+            "attention_mask": self.attention_mask.tolist(),
+            "records": list(self.records),
+            "logits": self.logits,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RemoteJob:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            job_id=str(data["job_id"]),
+            host=str(data["host"]),
+            model_key=str(data["model_key"]),
+            kind=str(data["kind"]),
+            input_ids=torch.tensor(data["input_ids"], dtype=torch.long),
+            attention_mask=torch.tensor(data["attention_mask"], dtype=torch.long),
+            records=tuple(bool(r) for r in data["records"]),
+            logits=str(data.get("logits", "all")),
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    enc: dict[str, torch.Tensor]
+    payloads: list[dict[str, Any] | None]
+    records: list[bool]
+    states: list[dict[str, Any]]
+    max_new_tokens: int
+    gen_kwargs: dict[str, Any]
+
+
+def _generate_job(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    prompts: Any,
+    max_new_tokens: int,
+    chat: bool,
+    telemetry: bool,
+    gen_kwargs: dict[str, Any],
+) -> _Job:
+    if not payloads:
+        raise ValueError("generate_variants needs at least one payload (None for the baseline)")
     enc = _as_inputs(model, prompts, chat)
-    gen_kwargs.setdefault("do_sample", False)
+    kwargs = dict(gen_kwargs)
+    kwargs.setdefault("do_sample", False)
     pad = getattr(model.tokenizer, "pad_token_id", None)
     if pad is not None:
-        gen_kwargs.setdefault("pad_token_id", pad)
-    record = telemetry and payload is not None
-    state = runtime.new_state(payload or {}, _device(model), telemetry=record)
-    started = time.perf_counter()
-    with torch.no_grad(), model.generate(max_new_tokens=max_new_tokens, **gen_kwargs) as tracer:
-        with tracer.invoke(enc):
-            if record:
-                tele = nnsight.save(state["tele"])
-            if payload is not None:
-                runtime.intervene_steps(model, payload, state, tracer.all())
-        # the loop above ends when generation does; the ids come from a block of their own
-        with tracer.invoke():
-            ids = nnsight.save(tracer.result)
-    seconds = time.perf_counter() - started
-    ids = ids.cpu()
+        kwargs.setdefault("pad_token_id", pad)
+    records = [telemetry and p is not None for p in payloads]
+    device = _device(model)
+    states = [runtime.new_state(p or {}, device, telemetry=r) for p, r in zip(payloads, records, strict=True)]
+    return _Job(enc, list(payloads), records, states, max_new_tokens, kwargs)
+
+
+def _remote_backend(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    remote: bool | str,
+    *,
+    blocking: bool = True,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    given: Any = None,
+) -> Any:
+    """The backend a run goes through: ``given`` (with the runtime registered to travel by value, as
+    any non-local backend may serialize the block), one for NDIF when ``remote`` is set, else None."""
+    if given is None and not remote:
+        return None
+    from . import remote as remote_
+
+    if given is not None:
+        remote_.register_runtime()
+        return given
+    remote_.check_payloads(model, payloads)
+    return remote_.backend_for(model, remote, blocking=blocking, timeout=timeout, progress=progress)
+
+
+def _run_generate(model: Any, job: _Job, backend: Any) -> tuple[Any, Any]:
+    """The generation block (it must live in this file: nnsight captures it from source, and on NDIF
+    it is this source that runs).  Returns the generated columns of every row and the telemetry
+    tensors, one per payload (None when not recorded); both None when ``backend`` did not wait."""
+    enc, payloads, states = job.enc, job.payloads, job.states
     width = int(enc["input_ids"].shape[1])
-    texts = [str(t) for t in model.tokenizer.batch_decode(ids[:, width:], skip_special_tokens=True)]
-    return GenerateResult(
-        texts=texts,
-        ids=ids,
-        prompt_width=width,
-        attention_mask=enc["attention_mask"],
-        telemetry=tele.detach().cpu() if record else None,
-        seconds=seconds,
-    )
+    new_ids = None
+    teles = None
+    with (
+        torch.no_grad(),
+        model.generate(max_new_tokens=job.max_new_tokens, backend=backend, **job.gen_kwargs) as tracer,
+    ):
+        teles = nnsight.save([])
+        for index in range(len(payloads)):
+            with tracer.invoke(enc):
+                teles.append(states[index]["tele"])
+                payload = payloads[index]
+                if payload is not None:
+                    runtime.intervene_steps(model, payload, states[index], tracer.all())
+        # the loops above end when generation does; the ids come from a block of their own
+        with tracer.invoke():
+            new_ids = nnsight.save(tracer.result[:, width:])
+    return new_ids, teles
+
+
+def _generate_results(model: Any, job: _Job, new_ids: Any, teles: Any, seconds: float) -> list[GenerateResult]:
+    if new_ids is None or teles is None:
+        raise RuntimeError("the generation returned no result")
+    return _split_generate(model, job.enc, job.records, new_ids, teles, seconds)
+
+
+def _split_generate(
+    model: Any,
+    enc: Mapping[str, torch.Tensor],
+    records: Sequence[bool],
+    new_ids: torch.Tensor,
+    teles: Sequence[torch.Tensor | None],
+    seconds: float,
+) -> list[GenerateResult]:
+    prompt_ids = enc["input_ids"]
+    rows, width = int(prompt_ids.shape[0]), int(prompt_ids.shape[1])
+    new_ids = new_ids.cpu()
+    results = []
+    for index, record in enumerate(records):
+        ids = torch.cat([prompt_ids, new_ids[index * rows : (index + 1) * rows].to(prompt_ids.dtype)], dim=1)
+        texts = [str(t) for t in model.tokenizer.batch_decode(ids[:, width:], skip_special_tokens=True)]
+        tele = teles[index]
+        results.append(
+            GenerateResult(
+                texts=texts,
+                ids=ids,
+                prompt_width=width,
+                attention_mask=enc["attention_mask"],
+                telemetry=tele.detach().cpu() if record and tele is not None else None,
+                seconds=seconds,
+            )
+        )
+    return results
 
 
 def trace(
@@ -181,28 +364,164 @@ def trace(
     *,
     chat: bool = False,
     telemetry: bool = True,
+    logits: str = "all",
+    remote: bool | str = False,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TraceResult:
     """One forward pass over ``inputs`` with ``payload`` applied; ``payload=None`` is the baseline.
 
     ``inputs``: text (plain unless ``chat=True``), a list of texts, token ids, or an encoding.
+    ``logits="last"`` keeps only each row's last position (``[B, 1, V]``: with left padding that
+    is every row's last real token), which is what to bring back from a remote run; ``"all"``
+    keeps ``[B, T, V]``.  ``remote``, ``timeout``, ``progress``: as in :func:`generate`.
     """
-    enc = _as_inputs(model, inputs, chat)
-    record = telemetry and payload is not None
-    state = runtime.new_state(payload or {}, _device(model), telemetry=record)
-    started = time.perf_counter()
-    with torch.no_grad(), model.trace(enc):
-        if record:
-            tele = nnsight.save(state["tele"])
-        if payload is not None:
-            runtime.intervene(model, payload, state)
-        logits = nnsight.save(model.output.logits)
-    seconds = time.perf_counter() - started
-    return TraceResult(
-        logits=logits.detach().cpu(),
-        attention_mask=enc["attention_mask"],
-        telemetry=tele.detach().cpu() if record else None,
-        seconds=seconds,
+    (result,) = trace_variants(
+        model,
+        [payload],
+        inputs,
+        chat=chat,
+        telemetry=telemetry,
+        logits=logits,
+        remote=remote,
+        timeout=timeout,
+        progress=progress,
     )
+    return result
+
+
+def trace_variants(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    inputs: Prompt | Sequence[Prompt] | Mapping[str, torch.Tensor] | torch.Tensor,
+    *,
+    chat: bool = False,
+    telemetry: bool = True,
+    logits: str = "all",
+    remote: bool | str = False,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    backend: Any = None,
+) -> list[TraceResult]:
+    """:func:`trace` for several payloads over the same inputs in one forward pass (one NDIF request
+    when remote): one invoke per payload.  Returns one :class:`TraceResult` per payload."""
+    if logits not in ("all", "last"):
+        raise ValueError(f"logits must be 'all' or 'last', not {logits!r}")
+    if not payloads:
+        raise ValueError("trace_variants needs at least one payload (None for the baseline)")
+    enc = _as_inputs(model, inputs, chat)
+    records = [telemetry and p is not None for p in payloads]
+    device = _device(model)
+    states = [runtime.new_state(p or {}, device, telemetry=r) for p, r in zip(payloads, records, strict=True)]
+    backend = _remote_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
+    started = time.perf_counter()
+    outs, teles = _run_trace(model, enc, list(payloads), states, logits == "last", backend)
+    seconds = time.perf_counter() - started
+    if outs is None or teles is None:
+        raise RuntimeError("the trace returned no result")
+    return _split_trace(enc, records, outs, teles, seconds)
+
+
+def _run_trace(
+    model: Any,
+    enc: dict[str, torch.Tensor],
+    payloads: list[dict[str, Any] | None],
+    states: list[dict[str, Any]],
+    last: bool,
+    backend: Any,
+) -> tuple[Any, Any]:
+    """The forward block (captured from this file's source, like :func:`_run_generate`)."""
+    outs = None
+    teles = None
+    with torch.no_grad(), model.trace(backend=backend) as tracer:
+        outs = nnsight.save([])
+        teles = nnsight.save([])
+        for index in range(len(payloads)):
+            with tracer.invoke(enc):
+                teles.append(states[index]["tele"])
+                payload = payloads[index]
+                if payload is not None:
+                    runtime.intervene(model, payload, states[index])
+                out = model.output.logits
+                outs.append(out[:, -1:] if last else out)
+    return outs, teles
+
+
+def _split_trace(
+    enc: Mapping[str, torch.Tensor],
+    records: Sequence[bool],
+    outs: Sequence[torch.Tensor],
+    teles: Sequence[torch.Tensor | None],
+    seconds: float,
+) -> list[TraceResult]:
+    results = []
+    for index, record in enumerate(records):
+        tele = teles[index]
+        results.append(
+            TraceResult(
+                logits=outs[index].detach().cpu(),
+                attention_mask=enc["attention_mask"],
+                telemetry=tele.detach().cpu() if record and tele is not None else None,
+                seconds=seconds,
+            )
+        )
+    return results
+
+
+def submit(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    prompts: Prompt | Sequence[Prompt] | Mapping[str, torch.Tensor],
+    *,
+    remote: bool | str = True,
+    max_new_tokens: int = 32,
+    chat: bool = True,
+    telemetry: bool = True,
+    progress: Callable[[str], None] | None = None,
+    **gen_kwargs: Any,
+) -> RemoteJob:
+    """Send a :func:`generate_variants` request to NDIF without waiting; :func:`fetch` collects it."""
+    if not remote:
+        raise ValueError("submit needs a remote server (remote=True or a URL)")
+    job = _generate_job(model, payloads, prompts, max_new_tokens, chat, telemetry, gen_kwargs)
+    backend = _remote_backend(model, payloads, remote, blocking=False, progress=progress)
+    _run_generate(model, job, backend)
+    if backend.job_id is None:
+        raise RuntimeError("the server assigned no request id")
+    return RemoteJob(
+        job_id=str(backend.job_id),
+        host=str(backend.host),
+        model_key=str(backend.model_key),
+        kind="generate",
+        input_ids=job.enc["input_ids"],
+        attention_mask=job.enc["attention_mask"],
+        records=tuple(job.records),
+    )
+
+
+def fetch(
+    model: Any,
+    job: RemoteJob,
+    *,
+    wait: float | None = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> list[GenerateResult] | None:
+    """The results of a job sent with :func:`submit`, or None while it is still running.
+
+    ``wait``: seconds to keep polling (None: until done); ``model`` decodes the ids (its tokenizer)."""
+    from . import remote as remote_
+
+    backend = remote_.NdifBackend(job.model_key, job.host, blocking=False, job_id=job.job_id, progress=progress)
+    started = time.perf_counter()
+    while True:
+        result = backend.poll()
+        if result is not None:
+            break
+        if wait is not None and time.perf_counter() - started >= wait:
+            return None
+        time.sleep(0.25)
+    enc = {"input_ids": job.input_ids, "attention_mask": job.attention_mask}
+    return _split_generate(model, enc, job.records, result["new_ids"], result["teles"], time.perf_counter() - started)
 
 
 def apply(

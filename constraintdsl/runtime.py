@@ -19,9 +19,11 @@ is a fixed linear map of the active bounds, precomputed at compile time.  At run
 face is evaluated for all tokens at once and the cheapest feasible one wins — no loop over
 tokens, exact up to float32 rounding.  Mutually orthogonal directions form separate groups, so
 one-direction groups reduce to the closed form ``h + (lo − p)₊ u − (p − hi)₊ u``.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: this module is pickled by value, and that
+statement leaves a ``__future__`` object in its namespace that the server would have to import.
+Every annotation below is valid at run time on Python 3.10+.
+"""
 
 import math
 from typing import Any

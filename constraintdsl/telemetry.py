@@ -55,7 +55,7 @@ def summarize(plan: Plan, tele: torch.Tensor) -> list[TelemetryRow]:
         offset = e.offset if calibrated and e.offset is not None else 0.0
         div = e.scale if calibrated and e.scale is not None else 1.0
 
-        def mean(key: str, n: int) -> float | None:
+        def mean(key: str, n: int, r: torch.Tensor = r) -> float | None:
             return float(r[idx[key]]) / n if n else None
 
         corr = mean("corr_sum", bind)

@@ -137,9 +137,7 @@ def _config_kwargs(model_type: str) -> dict[str, Any]:
     if model_type == "gpt_neox":
         return _llama_like(rotary_pct=0.5)
     if model_type in ("qwen2_moe", "qwen3_moe", "mixtral"):
-        return _llama_like(
-            num_experts=4, num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=HIDDEN
-        )
+        return _llama_like(num_experts=4, num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=HIDDEN)
     if model_type == "gemma3":
         text = _llama_like()
         vision = {

@@ -1,0 +1,62 @@
+"""Real behavior on SmolLM2 with the shipped sentiment concept: a floor clamp (and a steer) move the
+sentiment readout of generated text towards the positive pole on neutral prompts, and telemetry
+shows where the clamp bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import constraintdsl as cdsl
+from constraintdsl import runner
+from constraintdsl.artifacts import load_artifact
+from constraintdsl.concepts import recommended_layers
+from constraintdsl.execute import read_prompts
+from constraintdsl.readout import readout
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = read_prompts(str(ROOT / "specs" / "prompts" / "neutral.txt"))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    return cdsl.load_model("smollm2")
+
+
+def _shift(model: Any, spec_text: str) -> tuple[torch.Tensor, torch.Tensor, Any, Any]:
+    spec = cdsl.parse(spec_text, str(ROOT / "specs" / "examples" / "inline.cdsl"))
+    plan = cdsl.compile(spec, model, progress=False)
+    base = runner.generate(model, None, PROMPTS, max_new_tokens=24)
+    done = plan.generate(PROMPTS, max_new_tokens=24)
+    art = load_artifact(plan.concepts["sentiment"])
+    layer = recommended_layers(art, top=1)[0]
+    b = readout(model, art, layer, base.ids, base.attention_mask, base.prompt_width)
+    c = readout(model, art, layer, done.ids, done.attention_mask, done.prompt_width)
+    return b, c, plan, done
+
+
+HEAD = 'version 1\nconcept sentiment from pairs "../data/sentiment.yaml"\n'
+
+
+def test_a_floor_clamp_moves_generated_text_towards_the_positive_pole(model: Any) -> None:
+    assert len(PROMPTS) >= 10
+    b, c, plan, done = _shift(model, HEAD + "clamp sentiment >= 1.0 at layers 10-14\n")
+    assert float((c - b).mean()) > 0.05
+    assert int((c > b).sum()) > int((c < b).sum())
+    rows = plan.telemetry(done.telemetry)
+    assert [r.layer for r in rows] == [10, 11, 12, 13, 14]
+    assert all(r.binding > 0 for r in rows)  # the floor bound at every layer it names
+    assert all(r.after is not None and r.after >= 1.0 - 1e-3 for r in rows)  # and held: mean ≥ the floor
+
+
+def test_a_steer_with_a_clamp_moves_it_further(model: Any) -> None:
+    b, c, _, _ = _shift(
+        model,
+        HEAD + "steer sentiment by 1.5 at layer 6 on prompt\nclamp sentiment >= 1.0 at layers 10-14 on generated\n",
+    )
+    assert float((c - b).mean()) > 0.05
+    assert int((c > b).sum()) > int((c < b).sum())
