@@ -39,3 +39,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
+
+# The remote suite against the real NDIF server software (PyPI ndif 0.1.2) on 127.0.0.1, in its own
+# virtualenv (built once under $HOME/.cache/constraintdsl/ndif-venv); every process it starts is stopped.
+.PHONY: test-ndif
+test-ndif: $(STAMP)
+	$(PY) scripts/ndif/local_ndif.py test

@@ -6,6 +6,9 @@ variant is timed in the same run, interleaved round by round, and each figure is
 its rounds; ratios are against the plain model measured alongside.  The same is repeated on a
 tiny Llama, where the fixed per-trace Python cost dominates.
 
+Timings use one torch thread by default (``--threads``): on a small shared machine, two threads
+competing with a neighbour swing by several times, one thread much less.
+
 Variants:
 - plain: the transformers model alone (no nnsight);
 - hooks: raw torch forward hooks applying the same joint clamp (runtime.solve_bounds) — no nnsight;
@@ -216,7 +219,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     model = cdsl.load_model("smollm2")
     spec = cdsl.parse(SPEC, str(Path(__file__).resolve()))

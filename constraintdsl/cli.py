@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from . import commands
+from .cli_concept import Dtype
 from .errors import UserError
 
 __all__ = ["app", "main"]
@@ -92,11 +93,6 @@ def schema(
     raise typer.Exit(commands.schema(output, out=sys.stdout))
 
 
-class Dtype(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-
-
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", help="model: smollm2, a Hugging Face id or a local folder (default: the spec's)"),
@@ -131,6 +127,17 @@ def run(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=4096)] = 32,
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="skip the unconstrained generation")] = False,
     format: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+    remote: Annotated[
+        bool,
+        typer.Option("--remote", help="run on NDIF (host: --host, NDIF_HOST or nnsight's config; key: NDIF_API_KEY)"),
+    ] = False,
+    host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0.1, help="seconds to wait for a remote run")
+    ] = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="submit the remote run, print its job id and exit (see `cdsl job`)")
+    ] = False,
 ) -> None:
     """Generate with the spec applied, beside the unconstrained baseline, and show which constraints bound."""
     from . import execute
@@ -149,8 +156,24 @@ def run(
             fmt=format.value,
             out=sys.stdout,
             err=sys.stderr,
+            remote=remote,
+            host=host,
+            timeout=timeout,
+            wait=not no_wait,
         )
     )
+
+
+@app.command()
+def job(
+    job_id: Annotated[str, typer.Argument(help="the id `cdsl run --no-wait` printed", metavar="ID")],
+    wait: Annotated[float, typer.Option("--wait", min=0, help="seconds to keep polling before giving up")] = 0.0,
+    format: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+) -> None:
+    """Fetch the result of a remote run submitted with `cdsl run --remote --no-wait` (exit 1 while it runs)."""
+    from . import execute
+
+    raise typer.Exit(execute.fetch_job(job_id, wait=wait, fmt=format.value, out=sys.stdout, err=sys.stderr))
 
 
 def _mount_subcommands() -> None:

@@ -6,9 +6,11 @@ Each function returns an exit code; progress goes to ``err``, results to ``out``
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .commands import EXIT_OK, concept_hashes
+from .commands import EXIT_FAILED, EXIT_OK, concept_hashes
 from .errors import Span, SpecError, UserError
 from .load import load, read_text
 
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from .spec import Spec
     from .telemetry import TelemetryRow
 
-__all__ = ["explain_spec", "read_prompts", "run_spec"]
+__all__ = ["explain_spec", "fetch_job", "jobs_dir", "read_prompts", "run_spec"]
 
 
 def read_prompts(path: str) -> list[str]:
@@ -108,6 +110,11 @@ def telemetry_table(rows: list[TelemetryRow]) -> str:
                 "-" if r.before is None or r.after is None else f"{r.before:+.2f} → {r.after:+.2f}{unit}",
             ]
         )
+    return text_table(head, body)
+
+
+def text_table(head: list[str], body: list[list[str]]) -> str:
+    """Left-aligned columns under a dashed rule: plain text that pastes into a README or an issue."""
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -167,10 +174,7 @@ def effect_table(effects: list[Effect]) -> str:
         ]
         for e in effects
     ]
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(head, body)
 
 
 def run_spec(
@@ -184,18 +188,69 @@ def run_spec(
     fmt: str,
     out: TextIO,
     err: TextIO,
+    remote: bool = False,
+    host: str | None = None,
+    timeout: float | None = None,
+    wait: bool = True,
 ) -> int:
-    """``cdsl run``: baseline and constrained generations side by side, plus telemetry."""
+    """``cdsl run``: baseline and constrained generations side by side, plus telemetry.
+
+    Baseline and constrained run as two variants of one generation (one request on NDIF with
+    ``remote``; ``host`` overrides the configured server).  With ``wait=False`` the request is only
+    submitted: its id goes to ``out`` and ``cdsl job ID`` fetches the result later."""
     from . import runner
-    from .telemetry import summarize
 
     plan, model, digest = _compile(path, model_name, dtype, err)
-    err.write(f"generating {max_new_tokens} tokens for {len(prompts)} prompt(s)…\n")
-    base = runner.generate(model, None, prompts, max_new_tokens=max_new_tokens) if baseline else None
-    done = runner.generate(model, plan.payload, prompts, max_new_tokens=max_new_tokens)
+    payloads = [None, plan.payload] if baseline else [plan.payload]
+    target: bool | str = (host or True) if remote or host else False
+    progress = _progress(err) if target else None
+    where = f" on NDIF ({host or 'configured host'})" if target else ""
+    err.write(f"generating {max_new_tokens} tokens for {len(prompts)} prompt(s){where}…\n")
+    if not wait:
+        if not target:
+            raise UserError("--no-wait", "--no-wait needs --remote (only a server can hold a job)", None)
+        job = runner.submit(model, payloads, prompts, remote=target, max_new_tokens=max_new_tokens, progress=progress)
+        _save_job(
+            job,
+            {
+                "spec": str(Path(path).resolve()),
+                "model": model_name,
+                "dtype": dtype,
+                "prompts": prompts,
+                "baseline": baseline,
+                "max_new_tokens": max_new_tokens,
+            },
+        )
+        out.write(job.job_id + "\n")
+        err.write(f"submitted; fetch the result with: cdsl job {job.job_id}\n")
+        return EXIT_OK
+    try:
+        results = runner.generate_variants(
+            model, payloads, prompts, max_new_tokens=max_new_tokens, remote=target, timeout=timeout, progress=progress
+        )
+    except UserError as e:
+        raise _with_statement(plan, e) from None
+    _report(path, plan, digest, prompts, max_new_tokens, results, baseline, fmt, out)
+    return EXIT_OK
+
+
+def _report(
+    path: str,
+    plan: Plan,
+    digest: str,
+    prompts: list[str],
+    max_new_tokens: int,
+    results: list[Any],
+    baseline: bool,
+    fmt: str,
+    out: TextIO,
+) -> None:
+    from .telemetry import summarize
+
+    base = results[0] if baseline else None
+    done = results[-1]
     assert done.telemetry is not None
     rows = summarize(plan, done.telemetry)
-    effects = _effects(plan, model, base, done) if base is not None else []
     if fmt == "json":
         report = {
             "spec": path,
@@ -206,20 +261,85 @@ def run_spec(
                 {"prompt": p, "baseline": base.texts[i] if base else None, "constrained": done.texts[i]}
                 for i, p in enumerate(prompts)
             ],
-            "effect": [e.to_dict() for e in effects],
             "telemetry": [r.to_dict() for r in rows],
         }
         out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        return EXIT_OK
+        return
     out.write(f"spec {path}  {digest}\nmodel {plan.model.id} (revision {plan.model.revision})\n")
     for i, p in enumerate(prompts):
         out.write(f"\n── prompt {i + 1}: {p}\n")
         if base is not None:
             out.write(f"baseline:    {base.texts[i].strip()}\n")
         out.write(f"constrained: {done.texts[i].strip()}\n")
-    if effects:
-        out.write("\neffect on generated text (mean readout at the concept's best layer, calibrated units):\n")
-        out.write(effect_table(effects) + "\n")
     out.write("\nwhich constraints bound (corrections in calibrated units of each concept):\n")
     out.write(telemetry_table(rows) + "\n")
+
+
+def _progress(err: TextIO) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        err.write(line + "\n")
+        err.flush()
+
+    return write
+
+
+def _with_statement(plan: Plan, error: UserError) -> UserError:
+    """A remote failure raised at a site names the statement(s) acting there, where it can."""
+    from .remote import RemoteFailure
+
+    if not isinstance(error, RemoteFailure) or error.kind != "server":
+        return error
+    for site in plan.payload.get("sites", ()):
+        if str(site["path"]) in error.detail:
+            entries = [e for e in plan.entries if e.layer == site["layer"] and e.site == site["site"]]
+            if entries:
+                first = entries[0]
+                return RemoteFailure(
+                    error.kind,
+                    str(first.span),
+                    f"{error.message} (at {site['path']}, statement: {first.text})",
+                    error.hint,
+                    request_id=error.request_id,
+                    detail=error.detail,
+                )
+    return error
+
+
+def jobs_dir() -> Path:
+    """Where ``--no-wait`` keeps what ``cdsl job`` needs: ``<cache>/jobs``."""
+    from .models import cache_dir
+
+    return cache_dir() / "jobs"
+
+
+def _save_job(job: Any, context: dict[str, Any]) -> None:
+    from .atomic import write_atomic
+
+    folder = jobs_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / f"{job.job_id}.json", json.dumps({"job": job.to_dict(), **context}))
+
+
+def fetch_job(job_id: str, *, wait: float, fmt: str, out: TextIO, err: TextIO) -> int:
+    """``cdsl job ID``: the result of a ``cdsl run --no-wait``; exit 1 while it is still running."""
+    from . import runner
+
+    if not job_id.replace("-", "").isalnum():
+        raise UserError("ID", f"{job_id!r} is not a job id", "use the id `cdsl run --no-wait` printed")
+    record_path = jobs_dir() / f"{job_id}.json"
+    if not record_path.is_file():
+        raise UserError("ID", f"no job {job_id} was submitted from this machine", f"looked in {jobs_dir()}")
+    record = json.loads(record_path.read_text())
+    job = runner.RemoteJob.from_dict(record["job"])
+    plan, model, digest = _compile(record["spec"], record["model"], record["dtype"], err)
+    try:
+        results = runner.fetch(model, job, wait=wait, progress=_progress(err))
+    except UserError as e:
+        raise _with_statement(plan, e) from None
+    if results is None:
+        err.write(f"job {job_id} is still running; try again later (or --wait SECONDS)\n")
+        return EXIT_FAILED
+    _report(
+        record["spec"], plan, digest, record["prompts"], record["max_new_tokens"], results, record["baseline"], fmt, out
+    )
     return EXIT_OK

@@ -352,6 +352,16 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
+def _site_device(site: dict[str, Any]) -> Any:
+    """The device of a site's tensors (all of a compiled site's tensors share one), or None."""
+    dirs = site.get("dirs")
+    if isinstance(dirs, torch.Tensor) and dirs.numel():
+        return dirs.device
+    for op in (*site.get("actions", ()), *site.get("gate_reads", ())):
+        return op["u"].device
+    return None
+
+
 def _call_inputs(model: Any) -> tuple[torch.Tensor | None, int, int, int, bool]:
     """The root call's attention mask (or None), batch size, token count, KV-cache length (read now:
     the layers extend the cache as they run) and whether the call carries a cache."""
@@ -446,7 +456,8 @@ def intervene(model: Any, payload: dict[str, Any], state: dict[str, Any]) -> Non
         key = (index, name)
         local = state["cache"].get(key)
         if local is None:
-            local = _to_device(site, device)
+            # a site already on this device is used as it is; copying walks every tensor of it
+            local = site if _site_device(site) in (None, device) else _to_device(site, device)
             state["cache"][key] = local
         if prefill:
             for read in local.get("gate_reads", ()):

@@ -1,0 +1,515 @@
+#!/usr/bin/env python3
+"""Run the real NDIF server software (PyPI ``ndif`` 0.1.2) on 127.0.0.1, for constraintdsl's remote tests.
+
+Usage (from the repository root, with the project's virtualenv)::
+
+    .venv/bin/python scripts/ndif/local_ndif.py test [PYTEST ARGS]   # up, run tests/remote, down (always)
+    .venv/bin/python scripts/ndif/local_ndif.py up                   # start and deploy; prints the host
+    .venv/bin/python scripts/ndif/local_ndif.py down STATE_DIR       # stop what `up` started
+    .venv/bin/python scripts/ndif/local_ndif.py setup                # (re)create the server virtualenv only
+
+What runs, every process bound to 127.0.0.1 on ports picked free at start, every PID recorded in
+``STATE_DIR/pids.json`` and stopped by PID (its process group) on the way out, also when tests fail:
+
+- Redis (Debian ``redis-server``: ``apt-get install -y redis-server``), no persistence;
+- ``moto_server`` as the S3 object store (results of non-blocking jobs);
+- a Ray head (``ray start --head --block``) advertising one fake GPU, as ndif's scheduler requires;
+- ndif's controller (``python -m ndif.services.ray.deployments.controller.controller``);
+- ndif's API under gunicorn;
+- model actors from ``cpu_actor.py`` (ndif's ``BaseModelDeployment`` with the weights on the CPU).
+
+The server runs in its OWN virtualenv (``$NDIF_VENV``, default ``$HOME/.cache/constraintdsl/ndif-venv``),
+built on first use from PyPI: torch, nnsight and transformers at the client's versions, ``ndif==0.1.2``
+installed with ``--no-deps --ignore-requires-python`` (it declares Python >= 3.12 but runs on 3.11), then
+its dependencies.  That virtualenv does not contain constraintdsl, and the server processes get only
+this folder on ``PYTHONPATH`` — the runtime reaches them by value, as on the public NDIF.
+
+Two models are deployed: a tiny random Llama saved to ``STATE_DIR/tiny`` (from tests/tiny.py) and the
+embedded SmolLM2 (its converted safetensors folder from constraintdsl.models).  Client and server share
+the disk, so a folder path is the model id.  The tests find the server through ``CDSL_NDIF_HOST`` /
+``--ndif-host`` and the two folders through ``CDSL_NDIF_TINY`` and ``CDSL_NDIF_SMOLLM2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+LOOPBACK = "127.0.0.1"
+
+# The server's packages.  torch first and pinned (the CPU build); the client's nnsight and transformers.
+SERVER_TORCH = os.environ.get("NDIF_TORCH", "torch==2.13.0")
+SERVER_CLIENT_PACKAGES = ["nnsight==0.8.1", "transformers==5.22.*", "accelerate"]
+SERVER_NDIF = "ndif==0.1.2"
+SERVER_DEPS = [
+    "ray[default]",
+    "fastapi",
+    "gunicorn",
+    "uvicorn[standard]",
+    "python-multipart",
+    "redis",
+    "boto3",
+    "click",
+    "python-dotenv",
+    "zstandard",
+    "peft",
+    "moto[server]",
+]
+
+READY_TIMEOUT = float(os.environ.get("NDIF_READY_TIMEOUT", "240"))
+STOP_TIMEOUT = 45.0
+
+
+def log(message: str) -> None:
+    """One progress line on stderr."""
+    print(f"[ndif-local] {message}", file=sys.stderr, flush=True)
+
+
+# -- the server virtualenv ------------------------------------------------------------------------
+
+
+def venv_dir() -> Path:
+    """Where the server's virtualenv lives."""
+    return Path(os.environ.get("NDIF_VENV") or Path.home() / ".cache" / "constraintdsl" / "ndif-venv").expanduser()
+
+
+def setup_venv() -> Path:
+    """Create the server virtualenv if it is missing or incomplete; returns its ``bin`` folder."""
+    venv = venv_dir()
+    bin_dir = venv / "bin"
+    stamp = venv / ".cdsl-ndif-ready"
+    if stamp.exists():
+        return bin_dir
+    log(f"building the server virtualenv in {venv} (a few minutes, once)")
+    if not (bin_dir / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(bin_dir / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, SERVER_TORCH], check=True)
+    subprocess.run([*pip, *SERVER_CLIENT_PACKAGES, SERVER_TORCH], check=True)
+    subprocess.run([*pip, "--no-deps", "--ignore-requires-python", SERVER_NDIF], check=True)
+    subprocess.run([*pip, *SERVER_DEPS, SERVER_TORCH], check=True)
+    probe = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import constraintdsl"], capture_output=True, cwd=tempfile.gettempdir()
+    )
+    if probe.returncode == 0:
+        raise SystemExit(f"{venv} can import constraintdsl; the server environment must not have it")
+    stamp.write_text("ok\n")
+    return bin_dir
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float, what: str, pid: int | None = None) -> None:
+    """Wait (bounded) until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid is not None and not alive(pid):
+            raise RuntimeError(f"{what} (pid {pid}) exited before listening on {port}")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{what} did not listen on {LOOPBACK}:{port} within {timeout:.0f} s")
+
+
+def alive(pid: int) -> bool:
+    """Whether the process ``pid`` still runs (and is not a zombie of ours)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class Stack:
+    """The processes of one local NDIF, recorded in ``state/pids.json`` as they start."""
+
+    def __init__(self, state: Path, bin_dir: Path) -> None:
+        self.state = state
+        self.bin_dir = bin_dir
+        self.logs = state / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids: dict[str, int] = {}
+        self.info: dict[str, Any] = {}
+
+    def save(self) -> None:
+        """Write the PIDs and ports so ``down`` (or a later run) can stop exactly these processes."""
+        (self.state / "pids.json").write_text(json.dumps({"pids": self.pids, **self.info}, indent=2))
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> int:
+        """Start ``argv`` in its own session (so its PID is also its process group), log to a file."""
+        out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (kept open by the child)
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        out.close()
+        self.pids[name] = proc.pid
+        self.save()
+        log(f"started {name} (pid {proc.pid})")
+        return proc.pid
+
+
+def stop_all(state: Path) -> None:
+    """Stop every process recorded in ``state/pids.json``, newest first: SIGTERM to its process group,
+    then SIGKILL after a bounded wait.  Only PIDs this launcher recorded are touched."""
+    record = state / "pids.json"
+    if not record.exists():
+        return
+    pids: dict[str, int] = json.loads(record.read_text()).get("pids", {})
+    for name, pid in reversed(list(pids.items())):
+        if not alive(pid):
+            continue
+        log(f"stopping {name} (pid {pid})")
+        try:
+            os.kill(pid, signal.SIGTERM)  # the leader first: `ray start --block` then stops its own children
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + (STOP_TIMEOUT if name == "ray" else 15.0)
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # whatever of its process group is left
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(1.0)
+        gone = time.monotonic() + 10
+        while time.monotonic() < gone:  # until the group is empty (bounded)
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+    record.rename(state / "pids.stopped.json")
+
+
+def server_env(bin_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of every server process: the server venv first on PATH, nothing of this repo
+    on PYTHONPATH but ``scripts/ndif`` (for ``cpu_actor``), loopback URLs, offline hub."""
+    keep = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "TERM")}
+    return {
+        **keep,
+        "PATH": f"{bin_dir}{os.pathsep}/usr/local/bin{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "VIRTUAL_ENV": str(bin_dir.parent),
+        "PYTHONPATH": str(HERE),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray swaps 127.0.0.1 for the machine's external address unless it runs in single-node mode
+        # (its macOS/Windows default); this keeps every Ray address on loopback
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # nothing to drain when the tests are done: stop at once instead of waiting 30 s on SIGTERM
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        "GRPC_ENABLE_FORK_SUPPORT": "0",
+        "OMP_NUM_THREADS": os.environ.get("NDIF_THREADS", "2"),
+        **extra,
+    }
+
+
+def start_stack(stack: Stack) -> str:
+    """Start Redis, moto, Ray, the controller and the API; returns the API's URL."""
+    bin_dir = stack.bin_dir
+    ports = {name: free_port() for name in ("redis", "s3", "gcs", "client", "api")}
+    ray_ports = {
+        "node-manager-port": free_port(),
+        "object-manager-port": free_port(),
+        "metrics-export-port": free_port(),
+        "dashboard-agent-grpc-port": free_port(),
+        "dashboard-agent-listen-port": free_port(),
+        "runtime-env-agent-port": free_port(),
+    }
+    worker_base = 20000 + (os.getpid() % 200) * 50
+    home = stack.state / "home"
+    home.mkdir(exist_ok=True)
+    env = server_env(
+        bin_dir,
+        {
+            "NDIF_HOME": str(home),
+            "NDIF_REDIS_URL": f"redis://{LOOPBACK}:{ports['redis']}",
+            "NDIF_OBJECT_STORE_URL": f"http://{LOOPBACK}:{ports['s3']}",
+            "NDIF_OBJECT_STORE_ACCESS_KEY": "local",
+            "NDIF_OBJECT_STORE_SECRET_KEY": "local-secret",
+            "NDIF_OBJECT_STORE_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local-secret",
+            "NDIF_RAY_ADDRESS": f"ray://{LOOPBACK}:{ports['client']}",
+            "NDIF_DEFAULT_DTYPE": "float32",
+            "NDIF_MODEL_IMPORT_PATH": "cpu_actor.CPUModelActor",
+            "NDIF_MINIMUM_DEPLOYMENT_TIME_SECONDS": "0",
+            "NDIF_API_PORT": str(ports["api"]),
+            "NDIF_API_URL": f"http://{LOOPBACK}:{ports['api']}",
+            "NDIF_LOG_LEVEL": "INFO",
+        },
+    )
+    stack.info.update({"ports": ports, "env": {k: v for k, v in env.items() if k.startswith("NDIF_")}})
+    (stack.state / "server.env").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise SystemExit("redis-server is missing: apt-get install -y redis-server")
+    pid = stack.start(
+        "redis",
+        [
+            redis,
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(ports["redis"]),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(home),
+            "--protected-mode",
+            "yes",
+        ],
+        env,
+    )
+    wait_port(ports["redis"], 20, "redis", pid)
+    pid = stack.start("moto", [str(bin_dir / "moto_server"), "-H", LOOPBACK, "-p", str(ports["s3"])], env)
+    wait_port(ports["s3"], 30, "moto_server", pid)
+
+    resources = json.dumps({"head": 10, "cuda_memory_bytes": 8e9, "cpu_memory_bytes": 8e9})
+    ray_argv = [
+        str(bin_dir / "ray"), "start", "--head", "--block",
+        f"--node-ip-address={LOOPBACK}", f"--port={ports['gcs']}",
+        f"--ray-client-server-port={ports['client']}",
+        "--num-cpus=4", "--num-gpus=1", f"--resources={resources}",
+        # ndif's controller lists nodes through Ray's state API, which the dashboard serves
+        "--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={free_port()}",
+        "--disable-usage-stats",
+        f"--min-worker-port={worker_base}", f"--max-worker-port={worker_base + 49}",
+        f"--temp-dir={stack.state / 'ray'}",
+        *[f"--{k}={v}" for k, v in ray_ports.items()],
+    ]  # fmt: skip
+    pid = stack.start("ray", ray_argv, env)
+    wait_port(ports["gcs"], 90, "ray (GCS)", pid)
+    wait_port(ports["client"], 90, "ray (client server)", pid)
+
+    controller_env = {**env, "RAY_ADDRESS": f"{LOOPBACK}:{ports['gcs']}"}
+    pid = stack.start(
+        "controller", [str(bin_dir / "python"), "-m", "ndif.services.ray.deployments.controller.controller"],
+        controller_env,
+    )  # fmt: skip
+    # the controller script creates a detached, named actor (and may exit); wait until Ray knows it (bounded)
+    deadline = time.monotonic() + 120
+    while not _controller_up(bin_dir, env):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ndif's controller did not come up within 120 s; see {stack.logs / 'controller.log'}")
+        time.sleep(2)
+
+    pid = stack.start(
+        "api",
+        [str(bin_dir / "gunicorn"), "--config", "python:ndif.services.api.gunicorn_conf",
+         "--bind", f"{LOOPBACK}:{ports['api']}", "--workers", "1", "--graceful-timeout", "5",
+         "ndif.services.api.app:app"],
+        env,
+    )  # fmt: skip
+    wait_port(ports["api"], 60, "api", pid)
+    host = f"http://{LOOPBACK}:{ports['api']}"
+    stack.info["host"] = host
+    stack.save()
+    return host
+
+
+def _controller_up(bin_dir: Path, env: dict[str, str]) -> bool:
+    probe = (
+        "import ray; ray.init(address=__import__('os').environ['NDIF_RAY_ADDRESS'], logging_level='ERROR');"
+        "from ndif.common.providers.ray import get_controller_actor_handle as h; h(); print('ok')"
+    )
+    try:
+        done = subprocess.run(
+            [str(bin_dir / "python"), "-c", probe], env=env, capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0 and "ok" in done.stdout
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+def prepare_models(state: Path, with_smollm2: bool) -> dict[str, dict[str, Any]]:
+    """Save the tiny model, find SmolLM2's folder, and compute each model key exactly as the client will
+    (this runs in the project's virtualenv).  Returns ``{name: {folder, model_key, size_bytes}}``."""
+    sys.path.insert(0, str(REPO))
+    import nnsight.modeling.huggingface as hf
+    from nnsight import TransformersModel
+
+    from tests.tiny import tiny_hf, tiny_tokenizer
+
+    models: dict[str, dict[str, Any]] = {}
+    tiny = state / "tiny"
+    if not (tiny / "config.json").exists():
+        tiny_hf("llama").save_pretrained(tiny)
+        tiny_tokenizer().save_pretrained(tiny)
+    folders = {"tiny": tiny}
+    if with_smollm2:
+        from constraintdsl.models import _embedded_folder
+
+        folders["smollm2"] = _embedded_folder()[0]
+    for name, folder in folders.items():
+        path = str(Path(folder).resolve())
+        hf._ID_CACHE[path] = path
+        key = TransformersModel(path, task="text-generation").to_model_key()
+        size = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+        models[name] = {"folder": path, "model_key": key, "size_bytes": int(size)}
+    return models
+
+
+def deploy(stack: Stack, models: dict[str, dict[str, Any]]) -> None:
+    """``ndif deploy -f models.yaml`` (bounded), then wait until the API reports every model RUNNING."""
+    lines = ["models:"]
+    for spec in models.values():
+        lines += [
+            f"  - checkpoint: {json.dumps(spec['folder'])}",
+            "    task: text-generation",
+            "    dtype: float32",
+            f"    size_bytes: {spec['size_bytes']}",
+            f"    model_key: {json.dumps(spec['model_key'])}",
+            "    pinned: true",
+            "    actor_class: cpu_actor.CPUModelActor",
+        ]
+    config = stack.state / "models.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    env = {**server_env(stack.bin_dir, {}), **stack.info["env"]}
+    log(f"deploying {', '.join(models)}")
+    with open(stack.logs / "deploy.log", "ab") as out:
+        done = subprocess.run(
+            [str(stack.bin_dir / "ndif"), "deploy", "-f", str(config)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, timeout=READY_TIMEOUT, check=False,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"ndif deploy failed (exit {done.returncode}); see {stack.logs / 'deploy.log'}")
+    host = stack.info["host"]
+    deadline = time.monotonic() + READY_TIMEOUT
+    want = {spec["model_key"] for spec in models.values()}
+    while time.monotonic() < deadline:
+        running = set()
+        try:
+            with urllib.request.urlopen(f"{host}/status", timeout=10) as response:
+                status = json.loads(response.read())
+            for name, value in status.get("deployments", {}).items():  # "REPLICA:ModelActor:MODEL_KEY"
+                if value.get("application_state") == "RUNNING":
+                    running.update(key for key in want if name.endswith(key))
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        if want <= running:
+            log("every model is RUNNING")
+            return
+        time.sleep(2)
+    raise RuntimeError(f"models not RUNNING within {READY_TIMEOUT:.0f} s; see {stack.logs}")
+
+
+def up(state: Path, with_smollm2: bool = True) -> dict[str, Any]:
+    """Start a local NDIF with the models deployed; on any failure stop what was started and re-raise."""
+    bin_dir = setup_venv()
+    stack = Stack(state, bin_dir)
+    try:
+        started = time.monotonic()
+        host = start_stack(stack)
+        models = prepare_models(state, with_smollm2)
+        stack.info["models"] = models
+        stack.save()
+        deploy(stack, models)
+        stack.info["startup_seconds"] = round(time.monotonic() - started, 1)
+        stack.save()
+        log(f"NDIF is up at {host} in {stack.info['startup_seconds']} s (state: {state})")
+        return stack.info
+    except BaseException:
+        log(f"start failed; logs in {stack.logs}")
+        stop_all(state)
+        raise
+
+
+def run_tests(pytest_args: list[str], with_smollm2: bool) -> int:
+    """Up, ``pytest tests/remote`` against it, down — down also when anything fails."""
+    state = Path(tempfile.mkdtemp(prefix="cdsl-ndif-"))
+    started = time.monotonic()
+    code = 1
+    try:
+        info = up(state, with_smollm2)
+        env = {**os.environ, "CDSL_NDIF_HOST": info["host"], "CDSL_NDIF_TINY": info["models"]["tiny"]["folder"]}
+        if "smollm2" in info["models"]:
+            env["CDSL_NDIF_SMOLLM2"] = info["models"]["smollm2"]["folder"]
+        env["HF_HUB_OFFLINE"] = "1"
+        tests_started = time.monotonic()
+        code = subprocess.run(
+            [sys.executable, "-m", "pytest", "tests/remote", "--ndif-host", info["host"], *pytest_args],
+            env=env, cwd=REPO, check=False,
+        ).returncode  # fmt: skip
+        log(f"tests took {time.monotonic() - tests_started:.1f} s (exit {code})")
+    finally:
+        stop_all(state)
+        if code == 0:
+            shutil.rmtree(state, ignore_errors=True)
+            log(f"total {time.monotonic() - started:.1f} s")
+        else:
+            log(f"total {time.monotonic() - started:.1f} s; logs kept in {state / 'logs'}")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: setup | up | down STATE | test [PYTEST ARGS]."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="create the server virtualenv")
+    p_up = sub.add_parser("up", help="start a local NDIF and deploy the models; prints JSON with the host")
+    p_up.add_argument("--no-smollm2", action="store_true", help="deploy only the tiny model")
+    p_down = sub.add_parser("down", help="stop the processes recorded in STATE/pids.json")
+    p_down.add_argument("state", type=Path)
+    p_test = sub.add_parser("test", help="up, run tests/remote, down")
+    p_test.add_argument("--no-smollm2", action="store_true", help="deploy only the tiny model")
+    args, rest = parser.parse_known_args(argv)
+    # a SIGTERM (make interrupted, CI cancelled) unwinds like Ctrl-C, so the `finally` stops the server
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    if args.command == "setup":
+        print(setup_venv())
+        return 0
+    if args.command == "up":
+        state = Path(tempfile.mkdtemp(prefix="cdsl-ndif-"))
+        info = up(state, not args.no_smollm2)
+        print(json.dumps({"host": info["host"], "state": str(state), "models": info["models"]}, indent=2))
+        return 0
+    if args.command == "down":
+        stop_all(args.state)
+        return 0
+    try:
+        return run_tests(rest, not args.no_smollm2)
+    except KeyboardInterrupt:
+        log("interrupted; every process it started has been stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
