@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check constraintdsl tests benchmarks
-	$(VENV)/bin/ruff format --check constraintdsl tests benchmarks
+	$(VENV)/bin/ruff check constraintdsl tests benchmarks scripts
+	$(VENV)/bin/ruff format --check constraintdsl tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
