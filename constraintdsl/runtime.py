@@ -222,13 +222,19 @@ def apply_site(
     B, T, H = h.shape
     x = h.to(torch.float32).reshape(B * T, H)
     changed = torch.zeros(B * T, dtype=torch.bool, device=h.device)
-    norm = x.norm(dim=1).clamp(min=1e-12)
+    norm = x.norm(dim=1).clamp(min=1e-12) if tele is not None else x[:, 0]  # only telemetry divides by it
+
+    masks: dict[tuple[int, int, int], torch.Tensor] = {}  # statements usually share selections
 
     def selected(op: dict[str, Any]) -> torch.Tensor:
-        m = token_mask(op["tokens"], op["count"], positions, prompt_len, total_len)
-        if op["gate"] >= 0:
-            m = m & gates[op["gate"]][:, None]
-        return m.reshape(B * T)
+        key = (op["tokens"], op["count"], op["gate"])
+        m = masks.get(key)
+        if m is None:
+            m = token_mask(op["tokens"], op["count"], positions, prompt_len, total_len)
+            if op["gate"] >= 0:
+                m = m & gates[op["gate"]][:, None]
+            m = masks[key] = m.reshape(B * T)
+        return m
 
     for act in site["actions"]:
         u = act["u"]
@@ -254,8 +260,8 @@ def apply_site(
             sel = selected(m)
             applies.append(sel)
             col = m["dir"]
-            lo[:, col] = torch.where(sel, torch.maximum(lo[:, col], torch.full_like(lo[:, col], m["lo"])), lo[:, col])
-            hi[:, col] = torch.where(sel, torch.minimum(hi[:, col], torch.full_like(hi[:, col], m["hi"])), hi[:, col])
+            lo[:, col] = torch.where(sel, lo[:, col].clamp(min=m["lo"]), lo[:, col])
+            hi[:, col] = torch.where(sel, hi[:, col].clamp(max=m["hi"]), hi[:, col])
         delta_total = torch.zeros_like(x)
         active_all = torch.zeros(x.shape[0], K, dtype=torch.bool, device=x.device)
         for idx_list, group in site["groups"]:
