@@ -221,7 +221,10 @@ def apply_site(
     """
     B, T, H = h.shape
     x = h.to(torch.float32).reshape(B * T, H)
-    changed = torch.zeros(B * T, dtype=torch.bool, device=h.device)
+    # float32 holds float16/bfloat16 exactly, so rows no statement moves round-trip bit for bit;
+    # only a wider dtype needs the explicit mask at the end
+    exact = h.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    changed = None if exact else torch.zeros(B * T, dtype=torch.bool, device=h.device)
     norm = x.norm(dim=1).clamp(min=1e-12) if tele is not None else x[:, 0]  # only telemetry divides by it
 
     masks: dict[tuple[int, int, int], torch.Tensor] = {}  # statements usually share selections
@@ -246,15 +249,15 @@ def apply_site(
         if tele is not None:
             _record(tele, act["entry"], sel, sel & (step != 0), step, step.abs() / norm, p, new @ u)
         x = torch.where(sel[:, None], new, x)
-        changed = changed | (sel & (step != 0))
+        if changed is not None:
+            changed = changed | (sel & (step != 0))
 
     members = site["bounds"]
     if members:
         dirs = site["dirs"]  # [K, H]; each bound statement is a member on one direction
         K = dirs.shape[0]
-        before = x @ dirs.T  # [N, K]
-        lo = torch.full_like(before, -math.inf)
-        hi = torch.full_like(before, math.inf)
+        lo = torch.full((x.shape[0], K), -math.inf, device=x.device)
+        hi = torch.full((x.shape[0], K), math.inf, device=x.device)
         applies = []
         for m in members:
             sel = selected(m)
@@ -272,6 +275,7 @@ def apply_site(
         moved = active_all.any(dim=1)
         new = x + delta_total
         if tele is not None:
+            before = x @ dirs.T  # [N, K]
             rel = delta_total.norm(dim=1) / norm
             after = torch.where(moved[:, None], new @ dirs.T, before)
             for m, sel in zip(members, applies, strict=True):
@@ -283,10 +287,11 @@ def apply_site(
                 change = after[:, col] - before[:, col]
                 _record(tele, m["entry"], sel, bind, change, rel, m["sign"] * before[:, col], m["sign"] * after[:, col])
         x = torch.where(moved[:, None], new, x)
-        changed = changed | moved
+        if changed is not None:
+            changed = changed | moved
 
     out = x.reshape(B, T, H).to(h.dtype)
-    return torch.where(changed.reshape(B, T, 1), out, h)
+    return out if changed is None else torch.where(changed.reshape(B, T, 1), out, h)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -209,3 +209,14 @@ def test_the_solver_runs_without_a_python_loop_over_tokens(k: int) -> None:
     lo, hi = torch.full((4096, k), -0.1), torch.full((4096, k), 0.1)
     delta, y, active = solve_bounds(h, group, lo, hi)
     assert delta.shape == (4096, H) and y.shape == (4096, k) and active.shape == (4096, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_untouched_tokens_keep_their_bits_in_wider_and_narrower_dtypes(dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(5)
+    u = unit_rows(rng, 1)
+    h = torch.tensor(rng.standard_normal((1, 6, H)) * 3, dtype=dtype)
+    site = site_for(u, torch.tensor([100.0]), torch.tensor([100.0]), tokens=LAST, count=2)  # pin the last two
+    out = apply_site(h, site, *positions_of(1, 6), {})
+    assert torch.equal(out[0, :4], h[0, :4])
+    assert not torch.equal(out[0, 4:], h[0, 4:])
