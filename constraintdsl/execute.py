@@ -230,13 +230,14 @@ def run_spec(
         )
     except UserError as e:
         raise _with_statement(plan, e) from None
-    _report(path, plan, digest, prompts, max_new_tokens, results, baseline, fmt, out)
+    _report(path, plan, model, digest, prompts, max_new_tokens, results, baseline, fmt, out)
     return EXIT_OK
 
 
 def _report(
     path: str,
     plan: Plan,
+    model: Any,
     digest: str,
     prompts: list[str],
     max_new_tokens: int,
@@ -251,6 +252,7 @@ def _report(
     done = results[-1]
     assert done.telemetry is not None
     rows = summarize(plan, done.telemetry)
+    effects = _effects(plan, model, base, done) if base is not None else []
     if fmt == "json":
         report = {
             "spec": path,
@@ -261,6 +263,7 @@ def _report(
                 {"prompt": p, "baseline": base.texts[i] if base else None, "constrained": done.texts[i]}
                 for i, p in enumerate(prompts)
             ],
+            "effect": [e.to_dict() for e in effects],
             "telemetry": [r.to_dict() for r in rows],
         }
         out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -271,6 +274,9 @@ def _report(
         if base is not None:
             out.write(f"baseline:    {base.texts[i].strip()}\n")
         out.write(f"constrained: {done.texts[i].strip()}\n")
+    if effects:
+        out.write("\neffect on generated text (mean readout at the concept's best layer, calibrated units):\n")
+        out.write(effect_table(effects) + "\n")
     out.write("\nwhich constraints bound (corrections in calibrated units of each concept):\n")
     out.write(telemetry_table(rows) + "\n")
 
@@ -340,6 +346,15 @@ def fetch_job(job_id: str, *, wait: float, fmt: str, out: TextIO, err: TextIO) -
         err.write(f"job {job_id} is still running; try again later (or --wait SECONDS)\n")
         return EXIT_FAILED
     _report(
-        record["spec"], plan, digest, record["prompts"], record["max_new_tokens"], results, record["baseline"], fmt, out
+        record["spec"],
+        plan,
+        model,
+        digest,
+        record["prompts"],
+        record["max_new_tokens"],
+        results,
+        record["baseline"],
+        fmt,
+        out,
     )
     return EXIT_OK

@@ -60,3 +60,21 @@ def test_a_steer_with_a_clamp_moves_it_further(model: Any) -> None:
     )
     assert float((c - b).mean()) > 0.05
     assert int((c > b).sum()) > int((c < b).sum())
+
+
+def test_cdsl_run_reports_generations_effect_and_telemetry_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from constraintdsl.cli import main
+
+    spec = str(ROOT / "specs" / "examples" / "sentiment-steer.cdsl")
+    code = main(
+        ["run", spec, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--max-new-tokens", "8", "--format", "json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [g["prompt"] for g in report["generations"]] == PROMPTS[:2]
+    (effect,) = report["effect"]
+    assert effect["concept"] == "sentiment" and effect["prompts"] == 2
+    assert effect["shift"] == pytest.approx(effect["constrained"] - effect["baseline"])
+    assert {r["layer"] for r in report["telemetry"]} == {6, 10, 11, 12, 13, 14}
