@@ -6,7 +6,6 @@ Each function takes already-parsed arguments and output streams and returns an e
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +16,7 @@ from .atomic import write_atomic
 from .canonical import spec_hash, to_dsl, to_yaml
 from .diff import diff, render_changes
 from .errors import Diagnostic, Span, SpecError, UserError
-from .load import load, parse_file, read_text
+from .load import load, parse_file, read_text, spec_sources
 from .parser import is_yaml_path, normalize_text
 from .spec import Spec
 
@@ -54,15 +53,7 @@ def concept_hashes(spec: Spec) -> dict[str, str]:
         except OSError as e:
             diags.append(Diagnostic(c.path_span, f"cannot read concept file {p}: {e.strerror}", None))
     if diags:
-        raise SpecError(diags, _sources(spec))
-    return out
-
-
-def _sources(spec: Spec) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for path in spec.sources or (spec.path,):
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            out[path] = normalize_text(Path(path).read_text(encoding="utf-8"))
+        raise SpecError(diags, spec_sources(spec))
     return out
 
 

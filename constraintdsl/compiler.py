@@ -22,6 +22,7 @@ from . import runtime
 from .artifacts import PERCENTILE_LEVELS, ConceptArtifact, build_concept, check_compatible, load_artifact
 from .canonical import format_number, format_value, statement_dsl
 from .errors import Diagnostic, Span, SpecError, UserError
+from .load import spec_sources
 from .models import ModelIdentity, model_identity
 from .sites import arch_sites
 from .spec import Ablate, Clamp, Depth, Gate, Layers, Op, Pin, Scale, Spec, Steer, Unit, Value
@@ -352,7 +353,7 @@ def resolve(
         _group_bounds(r, slot)
         payload_sites.append({k: v for k, v in slot.items() if k != "members"})
     if r.diags:
-        raise SpecError(r.diags, _sources(spec))
+        raise SpecError(r.diags, spec_sources(spec))
     payload = {"sites": payload_sites, "n_entries": len(entries), "n_gates": len(gate_ids)}
     names = {name: (art.path or "<given>") for (name, _), art in r.artifacts.items() if art is not None}
     return Plan(spec=spec, model=identity, payload=payload, entries=tuple(entries), concepts=names, model_ref=model)
@@ -534,13 +535,3 @@ def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
     slot["dirs"] = u
     slot["bounds"] = bounds
     slot["groups"] = groups
-
-
-def _sources(spec: Spec) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for path in spec.sources or (spec.path,):
-        try:
-            out[path] = Path(path).read_text(encoding="utf-8").replace("\r\n", "\n")
-        except (OSError, UnicodeDecodeError):
-            continue
-    return out

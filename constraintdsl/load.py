@@ -13,7 +13,7 @@ from .parser import is_yaml_path, normalize_text, parse
 from .spec import Concept, Include, Op, Spec
 from .validate import assemble, check_concepts
 
-__all__ = ["MAX_BYTES", "load", "parse_file", "read_text"]
+__all__ = ["MAX_BYTES", "load", "parse_file", "read_text", "spec_sources"]
 
 MAX_BYTES = 16 * 1024 * 1024
 
@@ -140,6 +140,11 @@ def _rebase(concept: Concept, folder: Path, root_folder: Path) -> Concept:
         return concept
     rel = os.path.relpath(folder / concept.path, root_folder)
     return replace(concept, path=PurePosixPath(Path(rel)).as_posix())
+
+
+def spec_sources(spec: Spec) -> dict[str, str]:
+    """The texts of every file ``spec`` came from, for rendering errors that point into them."""
+    return _texts({}, [Path(p) for p in spec.sources or (spec.path,)])
 
 
 def _texts(sources: dict[str, str], paths: tuple[Path, ...] | list[Path]) -> dict[str, str]:

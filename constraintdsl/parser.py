@@ -19,7 +19,8 @@ from typing import Any, Literal, cast
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
-from .errors import Diagnostic, Span, SpecError, clip, describe_char, did_you_mean
+from .canonical import format_layers, format_number, format_value
+from .errors import Diagnostic, Span, clip, describe_char, did_you_mean
 from .spec import (
     OP_CLASSES,
     SITES,
@@ -40,7 +41,7 @@ from .spec import (
 )
 from .syntax_errors import EXAMPLES, MESSAGES
 
-__all__ = ["GRAMMAR_PATH", "Header", "grammar_path", "normalize_text", "parse", "parse_fragment"]
+__all__ = ["Header", "grammar_path", "normalize_text", "parse", "parse_fragment"]
 
 FRAGMENT_RULES = ("value", "layer_list", "percent_range", "tokens_sel", "gate_expr")
 UNITS = ("raw", "sd")
@@ -77,9 +78,6 @@ def grammar_path() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("constraintdsl's grammar file constraint.lark is missing from the installation")
-
-
-GRAMMAR_PATH = "grammars/constraint.lark"
 
 
 @functools.cache
@@ -370,8 +368,8 @@ class _Builder:
         if a > b:
             self.error(
                 span,
-                f"reversed depth range {_num(a)}%-{_num(b)}%",
-                f"write it low to high: {_num(b)}%-{_num(a)}%",
+                f"reversed depth range {format_number(a)}%-{format_number(b)}%",
+                f"write it low to high: {format_number(b)}%-{format_number(a)}%",
             )
             return None
         return Depth(a, b)
@@ -427,8 +425,6 @@ class _Builder:
                 return None
             items = layers.items
             if len(items) != 1 or items[0].start != items[0].stop:
-                from .canonical import format_layers
-
                 self.error(
                     self.tree_span(cast(Tree[Token], toks[-1])),
                     f"a gate reads one layer, not {format_layers(layers)}",
@@ -515,19 +511,6 @@ def _edge_token(node: Tree[Token] | Token, end: int) -> Token | None:
             return None
         node = node.children[end]
     return node
-
-
-def _num(x: float) -> str:
-    from .canonical import format_number
-
-    return format_number(x)
-
-
-def format_value(v: Value) -> str:
-    """A value as DSL text (``p25``, ``12.5 raw``)."""
-    from .canonical import format_value as fmt
-
-    return fmt(v)
 
 
 # -- syntax errors ---------------------------------------------------------
@@ -741,9 +724,3 @@ def parse(text: str, path: str | None = None) -> Spec:
 def is_yaml_path(path: str | Path) -> bool:
     """True for ``.yaml``/``.yml`` spec files."""
     return Path(path).suffix.lower() in (".yaml", ".yml")
-
-
-def raise_if(diags: list[Diagnostic], sources: dict[str, str]) -> None:
-    """Raise a SpecError when there are diagnostics."""
-    if diags:
-        raise SpecError(diags, sources)
