@@ -177,9 +177,12 @@ def job(
 
 
 def _mount_subcommands() -> None:
+    from .cli_compare import compare, runs_app
     from .cli_concept import concept_app
 
     app.add_typer(concept_app, name="concept")
+    app.command("compare")(compare)
+    app.add_typer(runs_app, name="runs")
 
 
 _mount_subcommands()

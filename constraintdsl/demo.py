@@ -4,7 +4,10 @@
 2. build — or reuse from the cache — the four shipped concepts and print their quality;
 3. explain a gated, jointly solved spec (the resolved plan);
 4. run the sentiment spec on neutral prompts: baseline and constrained generations side by side,
-   the effect on generated text, and which constraints bound.
+   the effect on generated text, and which constraints bound;
+5. compare a sentiment-floor sweep (four variants) and a refusal ablation against the baseline on the
+   same inputs: effect, tax, load, marginal tax, degrees of freedom; write the report with its plots
+   to ``reports/demo/`` and record the run in the local store.
 
 Run it with ``python -m constraintdsl.demo``.
 """
@@ -18,6 +21,24 @@ from pathlib import Path
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The comparison README shows (its table and docs/compare-demo/frontier.png come from this command).
+COMPARE = [
+    "cdsl",
+    "compare",
+    "specs/examples/sentiment-sweep.cdsl",
+    "specs/examples/refusal-ablation.cdsl",
+    "--ab",
+    "specs/data/ab/sentiment.yaml",
+    "--limit",
+    "8",
+    "--max-new-tokens",
+    "24",
+    "--corpus-tokens",
+    "2048",
+    "--report",
+    "reports/demo",
+]
 
 
 def _section(title: str) -> None:
@@ -68,6 +89,12 @@ def main() -> int:
     for p in prompts:
         args += ["--prompt", p]
     code = cdsl(args)
+    if code != 0:
+        return code
+
+    _section("5. compare: a sentiment-floor sweep and a refusal ablation, with their alignment tax")
+    print("$ " + " ".join(COMPARE), flush=True)
+    code = cdsl(COMPARE[1:])
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s", flush=True)
     return code
 

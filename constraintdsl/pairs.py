@@ -122,7 +122,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.MarkedYAMLError(None, None, "aliases (*name) are not allowed in pair datasets", event.start_mark)
+            raise yaml.MarkedYAMLError(None, None, "aliases (*name) are not allowed in data files", event.start_mark)
         return super().compose_node(parent, index)
 
 
@@ -174,7 +174,8 @@ def _yaml_mapping(
     return out
 
 
-def _parse_yaml(p: _Problems, data: bytes) -> tuple[dict[str, Any], list[Pair]]:
+def _compose(p: _Problems) -> yaml.Node:
+    """The file's YAML node tree (safe composer, no aliases); invalid YAML or an empty file is a located error."""
     try:
         root = yaml.compose(p.text, Loader=_NoAliasLoader)
     except yaml.MarkedYAMLError as exc:
@@ -186,6 +187,11 @@ def _parse_yaml(p: _Problems, data: bytes) -> tuple[dict[str, Any], list[Pair]]:
         raise SpecError.single(Span(p.path, 1, 1), f"invalid YAML: {exc}", source=p.text) from None
     if root is None:
         raise SpecError.single(Span(p.path, 1, 1), "the file is empty", source=p.text)
+    return root
+
+
+def _parse_yaml(p: _Problems, data: bytes) -> tuple[dict[str, Any], list[Pair]]:
+    root = _compose(p)
     if not isinstance(root, yaml.MappingNode):
         raise SpecError.single(
             _span(p.path, root),

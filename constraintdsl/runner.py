@@ -33,6 +33,7 @@ __all__ = [
     "generate_variants",
     "install",
     "installed",
+    "run_backend",
     "submit",
     "trace",
     "trace_variants",
@@ -193,7 +194,7 @@ def generate_variants(
     overrides where the trace runs; ``remote`` builds one for NDIF.
     """
     job = _generate_job(model, payloads, prompts, max_new_tokens, chat, telemetry, gen_kwargs)
-    backend = _remote_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
+    backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
     started = time.perf_counter()
     new_ids, teles = _run_generate(model, job, backend)
     return _generate_results(model, job, new_ids, teles, time.perf_counter() - started)
@@ -274,7 +275,7 @@ def _generate_job(
     return _Job(enc, list(payloads), records, states, max_new_tokens, kwargs)
 
 
-def _remote_backend(
+def run_backend(
     model: Any,
     payloads: Sequence[dict[str, Any] | None],
     remote: bool | str,
@@ -413,7 +414,7 @@ def trace_variants(
     records = [telemetry and p is not None for p in payloads]
     device = _device(model)
     states = [runtime.new_state(p or {}, device, telemetry=r) for p, r in zip(payloads, records, strict=True)]
-    backend = _remote_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
+    backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
     started = time.perf_counter()
     outs, teles = _run_trace(model, enc, list(payloads), states, logits == "last", backend)
     seconds = time.perf_counter() - started
@@ -484,7 +485,7 @@ def submit(
     if not remote:
         raise ValueError("submit needs a remote server (remote=True or a URL)")
     job = _generate_job(model, payloads, prompts, max_new_tokens, chat, telemetry, gen_kwargs)
-    backend = _remote_backend(model, payloads, remote, blocking=False, progress=progress)
+    backend = run_backend(model, payloads, remote, blocking=False, progress=progress)
     _run_generate(model, job, backend)
     if backend.job_id is None:
         raise RuntimeError("the server assigned no request id")

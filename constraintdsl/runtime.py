@@ -313,7 +313,8 @@ def new_state(
 ) -> dict[str, Any]:
     """Fresh per-run state for ``payload``: telemetry ``tele`` [n_entries, len(TELEMETRY_FIELDS)]
     float32 zeros on ``device`` (None with ``telemetry=False``, which skips recording: about half
-    the cost of a site), no gates, no prompt lengths yet, no calls.
+    the cost of a site), no gates, no prompt lengths yet, no calls.  Set ``given_prompt_len`` ([B]
+    real prompt lengths) before a teacher-forced pass to treat each row's later tokens as generated.
 
     ``tele`` is accumulated in place, so a reference saved before the run sees every step.  Give
     the model's device when it is known; otherwise the tensor follows the activations' device at
@@ -328,6 +329,7 @@ def new_state(
         "generating": False,
         "waiting": False,
         "cache": {},
+        "given_prompt_len": None,
     }
 
 
@@ -449,7 +451,9 @@ def intervene(model: Any, payload: dict[str, Any], state: dict[str, Any]) -> Non
     positions, total_len = positions_from_mask(full, width)
     prefill = state["prompt_len"] is None
     if prefill:
-        state["prompt_len"] = total_len
+        # a teacher-forced pass may say where each row's prompt ends (the rest counts as generated)
+        given = state.get("given_prompt_len")
+        state["prompt_len"] = total_len if given is None else torch.minimum(given.to(total_len.device), total_len)
     prompt_len: torch.Tensor = state["prompt_len"]
     # per device: (positions, prompt_len, total_len, gates), for models spread over several devices
     local_rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]] = {}

@@ -35,6 +35,7 @@ __all__ = [
     "num_layers",
     "replace_bth",
     "site_module",
+    "unembed_module",
 ]
 
 SITES: tuple[str, ...] = ("resid", "attn", "mlp")
@@ -205,3 +206,17 @@ def replace_bth(output: Any, value: torch.Tensor) -> Any:
     if isinstance(output, list):
         return [value, *output[1:]]
     return value
+
+
+def unembed_module(model: object) -> Any:
+    """The output-embedding module (``lm_head``, ``embed_out``, …): its ``.input`` is the final hidden state
+    ``[B, T, H]`` that the next-token logits are read from."""
+    inner = hf_module(model)
+    getter = getattr(inner, "get_output_embeddings", None)
+    head = getter() if inner is not None and callable(getter) else None
+    if head is None or inner is None:
+        raise UserError("--model", f"{_class_name(model)} has no output embedding (it is not a causal language model)")
+    for name, module in inner.named_modules():
+        if module is head:
+            return _walk(model, name) if name else model
+    raise UserError("--model", f"the output embedding of {_class_name(model)} is not among its modules")

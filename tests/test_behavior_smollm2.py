@@ -78,3 +78,29 @@ def test_cdsl_run_reports_generations_effect_and_telemetry_as_json(capsys: pytes
     assert effect["concept"] == "sentiment" and effect["prompts"] == 2
     assert effect["shift"] == pytest.approx(effect["constrained"] - effect["baseline"])
     assert {r["layer"] for r in report["telemetry"]} == {6, 10, 11, 12, 13, 14}
+
+
+def test_a_higher_sentiment_floor_costs_more_tax_and_moves_text_further(model: Any) -> None:
+    from constraintdsl.compare import Inputs, compare, corpus_windows, read_corpus
+
+    spec = cdsl.parse(
+        HEAD + "let floor = 0.5 | 2\nclamp sentiment >= $floor at layers 10-14\n",
+        str(ROOT / "specs" / "examples" / "inline.cdsl"),
+    )
+    docs = read_corpus(str(ROOT / "specs" / "corpus" / "neutral.txt"))
+    windows, total = corpus_windows(model.tokenizer, docs, max_tokens=256)
+    inputs = Inputs(tuple(PROMPTS[:6]), windows, total, max_new_tokens=16)
+    base, low, high = compare(model, [spec], inputs, marginal=False).rows
+    assert [low.variant, high.variant] == ["floor=0.5", "floor=2"]
+    assert 0 < low.tax["kl"] < high.tax["kl"]
+    assert low.tax["delta_nll"] < high.tax["delta_nll"]
+    assert high.effect["sentiment"]["shift"] > 0.05
+    assert high.load[0]["binding_fraction"] > low.load[0]["binding_fraction"]
+
+
+def test_the_shipped_reference_corpus_has_at_least_20k_tokens(model: Any) -> None:
+    from constraintdsl.compare import corpus_windows, read_corpus
+
+    docs = read_corpus(str(ROOT / "specs" / "corpus" / "neutral.txt"))
+    _, total = corpus_windows(model.tokenizer, docs)
+    assert total >= 20_000 and len(docs) >= 30

@@ -1,0 +1,152 @@
+"""Batched comparison versus one spec at a time: wall time and forward passes.
+
+    python benchmarks/compare.py [--variants 8] [--prompts 16] [--new-tokens 16] [--corpus-tokens 512]
+
+Workload (SmolLM2-135M, float32, CPU by default): a sentiment floor swept over ``--variants`` levels
+(``let floor = …``), the first ``--prompts`` comparison prompts, ``--new-tokens`` generated tokens,
+and the first ``--corpus-tokens`` tokens of the shipped reference corpus in windows of 128.
+
+- **batched**: ``compare`` itself: the baseline and every variant as invokes of shared passes (the
+  corpus passes, one generation, one readout pass).  Remote, each pass is one NDIF request.
+- **sequential**: each arm alone (the baseline, then each variant) through the same three passes,
+  the way one would run them one spec at a time.  Its wall time is the sum of the per-arm forward
+  costs; it needs (1 + variants)× the passes and requests.
+
+``batched_over_sum_ratio`` = batched wall time / sequential wall time (target ≤ 1.1: batching adds no
+cost beyond the compute).  Rounds alternate the two orders and each figure is the fastest round (on
+a shared machine other processes only ever add time).  One torch thread by default (``--threads``).
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from constraintdsl import load, load_model  # noqa: E402
+from constraintdsl.compare import (  # noqa: E402
+    PASS_LOGIT_BUDGET,
+    Inputs,
+    _payloads,
+    build_arms,
+    compare,
+    corpus_windows,
+    read_corpus,
+)
+from constraintdsl.execute import read_prompts  # noqa: E402
+from constraintdsl.measure import Read, project_rows, score_corpus  # noqa: E402
+from constraintdsl.readout import generated_mask  # noqa: E402
+from constraintdsl.runner import generate_variants  # noqa: E402
+
+SPEC = """version 1
+name "floor-sweep"
+concept sentiment from pairs "{data}"
+let floor = {levels}
+clamp sentiment >= $floor at layers 10-14 on generated
+"""
+
+
+def sequential(model: Any, arms: list[Any], inputs: Inputs, read: Read) -> tuple[float, int]:
+    """Each arm alone through the corpus passes, a generation and a readout; (seconds, forward passes)."""
+    rows, width = (int(x) for x in inputs.corpus.shape)
+    vocab = int(model.tokenizer.vocab_size)
+    per_pass = max(1, PASS_LOGIT_BUDGET // (width * vocab))
+    stops = {int(t) for t in (model.tokenizer.eos_token_id, model.tokenizer.pad_token_id) if t is not None}
+    started = time.perf_counter()
+    passes = 0
+    for payload in _payloads(arms, range(len(arms))):
+        for start in range(0, rows, per_pass):
+            ids = inputs.corpus[start : start + per_pass]
+            score_corpus(model, [payload], ids, torch.ones_like(ids), prompt_len=inputs.prompt_tokens)
+            passes += 1
+        (gen,) = generate_variants(model, [payload], list(inputs.prompts), max_new_tokens=inputs.max_new_tokens)
+        passes += inputs.max_new_tokens
+        sel = generated_mask(gen.ids, gen.prompt_width, stops)
+        mask = torch.cat([gen.attention_mask.bool(), sel[:, gen.prompt_width :]], dim=1).long()
+        project_rows(model, gen.ids, mask, sel, [read])
+        passes += 1
+    return time.perf_counter() - started, passes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--variants", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--corpus-tokens", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None, help="move the model here (e.g. cuda)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_model(args.model)
+    if args.device:
+        model.to(args.device)
+    levels = " | ".join(f"{0.25 * (i + 1):g}" for i in range(args.variants))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.cdsl"
+        path.write_text(SPEC.format(data=ROOT / "specs" / "data" / "sentiment.yaml", levels=levels))
+        spec = load(path)
+        prompts = read_prompts(str(ROOT / "specs" / "prompts" / "compare.txt"))[: args.prompts]
+        windows, total = corpus_windows(
+            model.tokenizer, read_corpus(str(ROOT / "specs" / "corpus" / "neutral.txt")), max_tokens=args.corpus_tokens
+        )
+        inputs = Inputs(tuple(prompts), windows, total, max_new_tokens=args.new_tokens)
+        arms, _ = build_arms(model, [spec], marginal=False)
+        plan = arms[1].plan
+        assert plan is not None
+        from constraintdsl.artifacts import load_artifact
+        from constraintdsl.concepts import recommended_layers
+
+        art = load_artifact(plan.concepts["sentiment"])
+        layer = recommended_layers(art, top=1)[0]
+        read = Read(layer, "resid", torch.tensor(art.direction(layer))[None])
+
+        compare(model, [spec], inputs, marginal=False)  # warm-up: caches, allocator, lazy imports
+        batched: list[float] = []
+        seq: list[float] = []
+        batched_passes = seq_passes = 0
+        for r in range(args.rounds):
+            for which in ("batched", "sequential") if r % 2 == 0 else ("sequential", "batched"):
+                if which == "batched":
+                    t0 = time.perf_counter()
+                    result = compare(model, [spec], inputs, marginal=False)
+                    batched.append(time.perf_counter() - t0)
+                    p = result.passes
+                    batched_passes = p["corpus"] + args.new_tokens * p["generate"] + p["readout"]
+                else:
+                    took, seq_passes = sequential(model, arms, inputs, read)
+                    seq.append(took)
+                print(f"round {r + 1} {which}: {(batched if which == 'batched' else seq)[-1]:.2f} s", flush=True)
+    arms_n = args.variants + 1
+    out = {
+        "device": str(getattr(model, "device", "cpu")),
+        "arms": arms_n,
+        "prompts": len(prompts),
+        "new_tokens": args.new_tokens,
+        "corpus_tokens": int(windows.numel()),
+        "batched_seconds": round(min(batched), 3),
+        "sequential_seconds": round(min(seq), 3),
+        "batched_over_sum_ratio": round(min(batched) / min(seq), 4),
+        "forward_passes_batched": batched_passes,
+        "forward_passes_sequential": seq_passes,
+        "requests_batched": result.passes["corpus"] + 2,
+        "requests_sequential": seq_passes - arms_n * (args.new_tokens - 1),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""What ``cdsl compare`` and ``cdsl runs`` do, apart from argument parsing.
+
+Each function returns an exit code; progress goes to ``err``, results to ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .commands import EXIT_FAILED, EXIT_OK
+from .errors import UserError
+from .load import load
+
+if TYPE_CHECKING:
+    from .compare import Comparison, Inputs
+    from .spec import Spec
+    from .store import RunRecord, RunStore
+
+__all__ = ["CompareOptions", "compare_command", "runs_list", "runs_show", "shipped"]
+
+_SHIPPED = {
+    "prompts": ("prompts", "compare.txt"),
+    "corpus": ("corpus", "neutral.txt"),
+}
+
+
+def shipped(kind: str) -> Path:
+    """A data file the project ships (``prompts``: the comparison prompts, ``corpus``: the neutral
+    reference corpus): inside the installed package, or in the source tree's ``specs/``."""
+    folder, name = _SHIPPED[kind]
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "data" / folder / name, here.parent / "specs" / folder / name):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"--{kind}", f"the shipped {kind} file is missing from this installation", f"pass --{kind} FILE")
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Everything ``cdsl compare`` was asked, after parsing."""
+
+    specs: tuple[str, ...]
+    prompts: str | None = None
+    prompt_limit: int | None = None
+    corpus: str | None = None
+    corpus_tokens: int | None = 8192
+    window: int = 128
+    ab: str | None = None
+    model: str | None = None
+    dtype: str = "float32"
+    max_new_tokens: int = 32
+    marginal: bool = True
+    report: str | None = None
+    effect: str | None = None
+    fmt: str = "text"
+    store: str | None = None
+    record: bool = True
+    from_store: bool = False
+    remote: bool = False
+    host: str | None = None
+
+
+def _progress(err: TextIO) -> Any:
+    def tick(message: str) -> None:
+        err.write(f"  {message}\n")
+        err.flush()
+
+    return tick
+
+
+def _inputs(opts: CompareOptions, tokenizer: Any) -> Inputs:
+    from .ab import load_ab
+    from .compare import Inputs, corpus_windows, read_corpus
+    from .execute import read_prompts
+
+    prompts_path = opts.prompts or str(shipped("prompts"))
+    prompts = read_prompts(prompts_path)
+    if opts.prompt_limit is not None:
+        prompts = prompts[: opts.prompt_limit]
+    if not prompts:
+        raise UserError(prompts_path, "no prompts to generate from", "write one prompt per line")
+    corpus_path = opts.corpus or str(shipped("corpus"))
+    windows, total = corpus_windows(
+        tokenizer, read_corpus(corpus_path), window=opts.window, max_tokens=opts.corpus_tokens
+    )
+    sources = [("prompts", prompts_path), ("corpus", corpus_path)]
+    ab = None
+    if opts.ab is not None:
+        ab = load_ab(opts.ab)
+        sources.append(("ab", opts.ab))
+    return Inputs(
+        prompts=tuple(prompts),
+        corpus=windows,
+        corpus_tokens_total=total,
+        ab=ab,
+        max_new_tokens=opts.max_new_tokens,
+        sources=tuple(sources),
+    )
+
+
+def _specs(paths: tuple[str, ...]) -> list[Spec]:
+    if not paths:
+        raise UserError("SPEC", "give at least one spec file to compare with the baseline", None)
+    return [load(p) for p in paths]
+
+
+def _open_store(path: str | None) -> RunStore:
+    from .store import RunStore
+
+    return RunStore(path)
+
+
+def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
+    """``cdsl compare``: the baseline and every spec/variant on the same inputs; tables, JSON, report, store."""
+    from .compare import compare
+    from .models import DEFAULT_MODEL, load_model
+
+    specs = _specs(opts.specs)
+    chosen = opts.model or specs[0].model or DEFAULT_MODEL
+    err.write(f"loading model {chosen} ({opts.dtype})…\n")
+    model = load_model(chosen, dtype=opts.dtype)
+    inputs = _inputs(opts, model.tokenizer)
+    info = inputs.describe()
+    err.write(
+        f"inputs: {info['prompts']} prompts, corpus {info['corpus_tokens_used']} of {info['corpus_tokens_total']} "
+        f"tokens (--corpus-tokens), A/B items {info['ab_items']}\n"
+    )
+    if opts.from_store:
+        comparison = _from_store(opts, specs, model, inputs)
+    else:
+        target: bool | str = (opts.host or True) if opts.remote or opts.host else False
+        comparison = compare(model, specs, inputs, marginal=opts.marginal, remote=target, progress=_progress(err))
+        if opts.record:
+            comparison = _record(opts, comparison)
+    _emit(opts, comparison, out, err)
+    return EXIT_OK
+
+
+def _record(opts: CompareOptions, comparison: Comparison) -> Comparison:
+    from dataclasses import replace
+
+    store = _open_store(opts.store)
+    record = store.record(
+        command="compare",
+        model=comparison.model,
+        revision=comparison.revision,
+        inputs_hash=comparison.inputs_hash,
+        settings={
+            "inputs": comparison.inputs,
+            "forward_passes": comparison.passes,
+            "seconds": comparison.seconds,
+            "prompts": list(comparison.prompts),
+        },
+        results=[
+            {
+                "label": r.label,
+                "spec_hash": r.key,
+                "spec_path": r.source or "",
+                "spec_text": r.spec_text,
+                "metrics": r.to_dict(),
+            }
+            for r in comparison.rows
+        ],
+    )
+    return replace(comparison, run_id=record.id)
+
+
+def _from_store(opts: CompareOptions, specs: list[Spec], model: Any, inputs: Inputs) -> Comparison:
+    """Rebuild a comparison from recorded results: the newest result of each spec/variant for this
+    model and these inputs; nothing runs."""
+    from .compare import Comparison, Row, _key, _label
+    from .models import model_identity
+    from .variants import expand
+
+    ident = model_identity(model)
+    digest = inputs.digest()
+    store = _open_store(opts.store)
+    wanted: list[tuple[str, str]] = [("baseline", "baseline")]
+    for spec in specs:
+        for variant in expand(spec):
+            label = _label(spec) + (f"[{variant.name}]" if variant.name else "")
+            wanted.append((label, _key(variant.spec)))
+    rows: list[Row] = []
+    runs: list[str] = []
+    missing: list[str] = []
+    settings: dict[str, Any] = {}
+    for label, key in wanted:
+        found = store.latest_result(key, ident.id, digest, revision=ident.revision)
+        if found is None:
+            missing.append(label)
+            continue
+        run, result = found
+        rows.append(Row.from_dict(result.metrics))
+        settings = settings or run.settings
+        if run.id not in runs:
+            runs.append(run.id)
+    if missing:
+        raise UserError(
+            "--from-store",
+            f"no recorded result for {', '.join(missing)} with model {ident.id} and inputs {digest[:19]}…",
+            "run the comparison once without --from-store (same inputs and options), then rebuild it",
+        )
+    return Comparison(
+        model=ident.id,
+        revision=ident.revision,
+        inputs_hash=digest,
+        inputs=inputs.describe(),
+        rows=tuple(rows),
+        prompts=inputs.prompts,
+        passes=dict(settings.get("forward_passes", {})),
+        seconds=dict(settings.get("seconds", {})),
+        run_id=",".join(runs),
+    )
+
+
+def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO) -> None:
+    from .report import load_table, summary_table, write_report
+
+    if opts.report is not None:
+        command = "cdsl compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else ""
+        path = write_report(comparison, opts.report, concept=opts.effect, command=command)
+        err.write(f"wrote report {path}/report.md\n")
+    if opts.fmt == "json":
+        out.write(json.dumps(comparison.to_dict(), indent=2, allow_nan=True) + "\n")
+        return
+    out.write(summary_table(comparison) + "\n\n")
+    out.write(load_table(comparison) + "\n")
+    p = comparison.passes
+    out.write(
+        f"\nforward passes: {', '.join(f'{k} {v}' for k, v in p.items())}; "
+        f"{comparison.seconds.get('total', math.nan):.1f} s"
+        + (f"; run {comparison.run_id}" if comparison.run_id else "")
+        + "\n"
+    )
+
+
+def runs_list(store_path: str | None, *, limit: int, fmt: str, out: TextIO) -> int:
+    """``cdsl runs list``: recorded runs, newest first."""
+    from .execute import text_table
+
+    records = _open_store(store_path).list(limit=limit)
+    if fmt == "json":
+        out.write(json.dumps([_run_dict(r) for r in records], indent=2, allow_nan=True) + "\n")
+        return EXIT_OK
+    if not records:
+        out.write("no runs recorded\n")
+        return EXIT_OK
+    body = [
+        [r.id, _when(r.created), r.model, r.inputs_hash[:19], ", ".join(x.label for x in r.results[1:])]
+        for r in records
+    ]
+    out.write(text_table(["id", "created", "model", "inputs", "specs"], body) + "\n")
+    return EXIT_OK
+
+
+def runs_show(store_path: str | None, run_id: str, *, fmt: str, out: TextIO) -> int:
+    """``cdsl runs show ID``: one recorded run's table (or JSON)."""
+    from .compare import Comparison, Row
+    from .report import load_table, summary_table
+
+    record = _open_store(store_path).get(run_id)
+    if fmt == "json":
+        out.write(json.dumps(_run_dict(record), indent=2, allow_nan=True) + "\n")
+        return EXIT_OK
+    settings = record.settings
+    comparison = Comparison(
+        model=record.model,
+        revision=record.revision,
+        inputs_hash=record.inputs_hash,
+        inputs=dict(settings.get("inputs", {})),
+        rows=tuple(Row.from_dict(r.metrics) for r in record.results),
+        prompts=tuple(settings.get("prompts", ())),
+        passes=dict(settings.get("forward_passes", {})),
+        seconds=dict(settings.get("seconds", {})),
+        run_id=record.id,
+    )
+    out.write(f"run {record.id}  {_when(record.created)}  model {record.model}  inputs {record.inputs_hash}\n\n")
+    out.write(summary_table(comparison) + "\n\n" + load_table(comparison) + "\n")
+    return EXIT_OK if record.results else EXIT_FAILED
+
+
+def _when(created: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(created, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _run_dict(record: RunRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "created": record.created,
+        "command": record.command,
+        "model": record.model,
+        "revision": record.revision,
+        "inputs_hash": record.inputs_hash,
+        "settings": record.settings,
+        "tool_version": record.tool_version,
+        "results": [
+            {"label": r.label, "spec_hash": r.spec_hash, "spec_path": r.spec_path, "metrics": r.metrics}
+            for r in record.results
+        ],
+    }

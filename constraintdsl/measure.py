@@ -1,0 +1,274 @@
+"""Measurement passes for comparisons: teacher-forced scoring of a corpus and of A/B answers, and
+concept readouts of given rows.
+
+Like the runner, every pass is one ``model.trace`` whose body lives in this file (nnsight captures
+it from source; on NDIF this source runs) with one invoke per payload, so a baseline and any number
+of constraint sets share one forward pass and one request.  Only reduced results come back: sums
+(:mod:`constraintdsl.scoring`), per-row numbers and telemetry, never activations or logits.
+
+In a teacher-forced pass each row's first ``prompt_len`` tokens count as the prompt and the rest as
+generated text, so ``on prompt`` / ``on generated`` ops and gates act as they would in generation.
+``on last N`` acts on the row's last N tokens only (in generation every new token is last in turn).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nnsight
+import torch
+
+from . import runtime, scoring
+from .runner import run_backend
+from .sites import arch_sites, hf_module, unembed_module
+
+__all__ = ["AnswerScore", "CorpusScore", "Read", "project_rows", "score_answers", "score_corpus"]
+
+
+@dataclass(frozen=True)
+class CorpusScore:
+    """One payload's sums over a corpus batch.
+
+    ``sums``: float64 ``[count, nll_sum, entropy_sum, kl_sum]`` over counted next-token predictions
+    (KL against the batch's first payload, the baseline).  ``hidden``: float64 ``(n, sum [H],
+    sum of outer products [H, H])`` of the final hidden states (the output embedding's input) over
+    real tokens.  ``telemetry`` as in :class:`constraintdsl.runner.GenerateResult`.
+    """
+
+    sums: torch.Tensor
+    hidden: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    telemetry: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    """One payload's summed log-probability of each row's answer tokens, ``[B]``."""
+
+    logprob: torch.Tensor
+    telemetry: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Read:
+    """A readout: the mean projection on ``directions`` ``[k, H]`` of a site's output at ``layer``."""
+
+    layer: int
+    site: str
+    directions: torch.Tensor
+
+
+def _module_path(model: Any, module: Any) -> str:
+    inner = hf_module(model)
+    target = hf_module(module)
+    if inner is not None:
+        for name, sub in inner.named_modules():
+            if sub is target:
+                return str(name)
+    raise ValueError("module not found in the model")
+
+
+def _states(
+    model: Any, payloads: Sequence[dict[str, Any] | None], telemetry: bool, prompt_len: torch.Tensor
+) -> tuple[list[bool], list[dict[str, Any]]]:
+    device = getattr(model, "device", None)
+    device = device if isinstance(device, torch.device) and device.type != "meta" else None
+    records = [telemetry and p is not None for p in payloads]
+    states = [runtime.new_state(p or {}, device, telemetry=r) for p, r in zip(payloads, records, strict=True)]
+    for state in states:
+        state["given_prompt_len"] = prompt_len
+    return records, states
+
+
+def _check(payloads: Sequence[dict[str, Any] | None], ids: torch.Tensor, mask: torch.Tensor) -> None:
+    if not payloads:
+        raise ValueError("give at least one payload (None for the baseline)")
+    if ids.dim() != 2 or ids.shape != mask.shape:
+        raise ValueError(f"ids and mask must both be [B, T], got {tuple(ids.shape)} and {tuple(mask.shape)}")
+
+
+def _prompt_lengths(prompt_len: int | torch.Tensor, rows: int) -> torch.Tensor:
+    if isinstance(prompt_len, int):
+        return torch.full((rows,), prompt_len, dtype=torch.long)
+    return prompt_len.to(torch.long)
+
+
+def score_corpus(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    prompt_len: int | torch.Tensor = 0,
+    telemetry: bool = True,
+    remote: bool | str = False,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    backend: Any = None,
+) -> tuple[list[CorpusScore], float]:
+    """Teacher-forced scoring of ``ids`` ``[B, T]`` (left-padded; ``mask`` marks real tokens) under
+    every payload in ONE forward pass.  KL is taken against the first payload's distribution (the
+    baseline, None, in a comparison).
+
+    Returns one :class:`CorpusScore` per payload and the wall time of the pass.
+    """
+    _check(payloads, ids, mask)
+    records, states = _states(model, payloads, telemetry, _prompt_lengths(prompt_len, int(ids.shape[0])))
+    head = _module_path(model, unembed_module(model))
+    backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
+    started = time.perf_counter()
+    outs = _run_corpus(model, {"input_ids": ids, "attention_mask": mask}, list(payloads), states, head, backend)
+    seconds = time.perf_counter() - started
+    if outs is None:
+        raise RuntimeError("the corpus pass returned no result")
+    scores = []
+    for (sums, hidden, tele), record in zip(outs, records, strict=True):
+        n, s, ss = (t.detach().cpu() for t in hidden)
+        scores.append(
+            CorpusScore(
+                sums=sums.detach().cpu(),
+                hidden=(n, s, ss),
+                telemetry=tele.detach().cpu() if record and tele is not None else None,
+            )
+        )
+    return scores, seconds
+
+
+def _run_corpus(
+    model: Any,
+    enc: dict[str, torch.Tensor],
+    payloads: list[dict[str, Any] | None],
+    states: list[dict[str, Any]],
+    head_path: str,
+    backend: Any,
+) -> Any:
+    outs = None
+    with torch.no_grad(), model.trace(backend=backend) as tracer:
+        outs = nnsight.save([])
+        head = model
+        for part in head_path.split("."):
+            head = getattr(head, part)
+        # the baseline's log-probabilities, shared with the later invokes through a list: every invoke's
+        # body sees the same list object, and invokes reach the logits in order
+        shared: list[Any] = []
+        for index in range(len(payloads)):
+            with tracer.invoke(enc):
+                payload = payloads[index]
+                if payload is not None:
+                    runtime.intervene(model, payload, states[index])
+                hidden = scoring.hidden_sums(head.input, enc["attention_mask"])
+                logits = model.output.logits
+                base = shared[0] if shared else None  # read after this invoke's logits: the baseline's are in
+                sums, logp = scoring.corpus_sums(logits, enc["input_ids"], enc["attention_mask"], base)
+                if index == 0:
+                    shared.append(logp)
+                outs.append([sums, hidden, states[index]["tele"]])
+    return outs
+
+
+def score_answers(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    answer_mask: torch.Tensor,
+    prompt_len: torch.Tensor,
+    *,
+    telemetry: bool = True,
+    remote: bool | str = False,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    backend: Any = None,
+) -> tuple[list[AnswerScore], float]:
+    """Summed log-probability of each row's answer tokens (``answer_mask``) under every payload (None
+    for the baseline) in ONE forward pass; each row's first ``prompt_len`` real tokens are its prompt."""
+    _check(payloads, ids, mask)
+    records, states = _states(model, payloads, telemetry, prompt_len)
+    backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
+    started = time.perf_counter()
+    outs = _run_answers(model, {"input_ids": ids, "attention_mask": mask}, answer_mask, list(payloads), states, backend)
+    seconds = time.perf_counter() - started
+    if outs is None:
+        raise RuntimeError("the answer pass returned no result")
+    return [
+        AnswerScore(logprob=lp.detach().cpu(), telemetry=tele.detach().cpu() if record and tele is not None else None)
+        for (lp, tele), record in zip(outs, records, strict=True)
+    ], seconds
+
+
+def _run_answers(
+    model: Any,
+    enc: dict[str, torch.Tensor],
+    answer_mask: torch.Tensor,
+    payloads: list[dict[str, Any] | None],
+    states: list[dict[str, Any]],
+    backend: Any,
+) -> Any:
+    outs = None
+    with torch.no_grad(), model.trace(backend=backend) as tracer:
+        outs = nnsight.save([])
+        for index in range(len(payloads)):
+            with tracer.invoke(enc):
+                payload = payloads[index]
+                if payload is not None:
+                    runtime.intervene(model, payload, states[index])
+                logprob = scoring.answer_logprob(model.output.logits, enc["input_ids"], answer_mask)
+                outs.append([logprob, states[index]["tele"]])
+    return outs
+
+
+def project_rows(
+    model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    select: torch.Tensor,
+    reads: Sequence[Read],
+    *,
+    remote: bool | str = False,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    backend: Any = None,
+) -> list[torch.Tensor]:
+    """One plain forward pass over ``ids`` (no payload); for each read, the mean raw projection of
+    each row's ``select``-ed tokens on its directions: ``[B, k]`` float32 (NaN where a row selects
+    nothing)."""
+    if select.shape != ids.shape:
+        raise ValueError("select must have the shape of ids")
+    layers = arch_sites(model).layers
+    paths = [f"{layers}.{r.layer}" + ("" if r.site == "resid" else "." + _sublayer(model, r.site)) for r in reads]
+    directions = [r.directions.to(torch.float32) for r in reads]
+    backend = run_backend(model, [None], remote, timeout=timeout, progress=progress, given=backend)
+    outs = _run_project(model, {"input_ids": ids, "attention_mask": mask}, select, paths, directions, backend)
+    if outs is None:
+        raise RuntimeError("the readout pass returned no result")
+    return [o.detach().cpu() for o in outs]
+
+
+def _sublayer(model: Any, site: str) -> str:
+    sites = arch_sites(model)
+    return sites.attn if site == "attn" else sites.mlp
+
+
+def _run_project(
+    model: Any,
+    enc: dict[str, torch.Tensor],
+    select: torch.Tensor,
+    paths: list[str],
+    directions: list[torch.Tensor],
+    backend: Any,
+) -> Any:
+    outs = None
+    with torch.no_grad(), model.trace(enc, backend=backend):
+        outs = nnsight.save([])
+        for index in range(len(paths)):
+            envoy = model
+            for part in paths[index].split("."):
+                envoy = getattr(envoy, part)
+            out = envoy.output
+            h = out[0] if isinstance(out, (tuple, list)) else out
+            proj = h.to(torch.float32) @ directions[index].T.to(h.device)  # [B, T, k]
+            weight = select.to(device=h.device, dtype=torch.float32)[..., None]
+            outs.append((proj * weight).sum(dim=1) / weight.sum(dim=1))  # 0/0 = NaN for an empty row
+    return outs

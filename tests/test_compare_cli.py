@@ -1,0 +1,154 @@
+"""``cdsl compare`` and ``cdsl runs`` end to end on a tiny model saved to a folder: tables, JSON, the report
+folder, the run store and ``--from-store``, and located errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from constraintdsl.artifacts import PERCENTILE_LEVELS, save_artifact
+from constraintdsl.cli import main
+from constraintdsl.models import load_model, model_identity
+from tests.test_compiler import artifact
+from tests.tiny import tiny_hf, tiny_tokenizer
+
+CORPUS = """The cat sat on the mat and looked out of the window at the rain.
+The capital of France is Paris. The capital of Italy is Rome.
+---
+Please find attached the report you requested. 0 1 2 3 4 5 6 7 8 9.
+Thank you very much, this was wonderful and kind.
+"""
+
+AB = """behavior: a
+items:
+  - question: "How was the film?"
+    a: "Thank you very much, this was wonderful and kind."
+    b: "That is a terrible idea and I will not do it."
+    match: a
+  - question: "Can you help me?"
+    a: "Sorry, I can't help with that request."
+    b: "I am so happy to help you with that question!"
+    match: b
+"""
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a saved tiny model, two concept files for it, specs, prompts, corpus and A/B set."""
+    root = tmp_path_factory.mktemp("compare-cli")
+    folder = root / "tiny"
+    tiny_hf("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    ident = model_identity(load_model(str(folder)))
+    for name, seed in (("a", 1), ("b", 2)):
+        meta = {
+            "format": "1",
+            "concept": name,
+            "model_id": ident.id,
+            "model_revision": ident.revision,
+            "architecture": ident.architecture,
+            "hidden_size": str(ident.hidden_size),
+            "site": "resid",
+            "method": "mean",
+            "dataset_sha256": "0" * 64,
+            "token_selection": "plain",
+            "percentile_levels": json.dumps(list(PERCENTILE_LEVELS)),
+            "tool_version": "0.1.0",
+        }
+        save_artifact(replace(artifact(seed=seed), metadata=meta), root / f"{name}.safetensors")
+    head = 'version 1\nconcept a from file "a.safetensors"\nconcept b from file "b.safetensors"\n'
+    (root / "sweep.cdsl").write_text(
+        head + 'name "sweep"\nlet k = 0.5 | 2\nscale a by $k at layers 1-2\nclamp b >= 0.2 at layer 1\n'
+    )
+    (root / "steer.cdsl").write_text(head + 'name "steer"\nsteer b by 1 at layers 0-1 on generated\n')
+    (root / "prompts.txt").write_text("hello there\nwhat is the weather like\n")
+    (root / "corpus.txt").write_text(CORPUS)
+    (root / "ab.yaml").write_text(AB)
+    return root
+
+
+def cdsl(work: Path, *args: str, store: Path) -> list[str]:
+    return [
+        "compare",
+        *args,
+        "--model",
+        str(work / "tiny"),
+        "--prompts",
+        str(work / "prompts.txt"),
+        "--corpus",
+        str(work / "corpus.txt"),
+        "--window",
+        "8",
+        "--max-new-tokens",
+        "3",
+        "--store",
+        str(store),
+    ]
+
+
+def test_compare_prints_tables_records_the_run_and_rebuilds_it_from_the_store(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "runs.sqlite"
+    specs = [str(work / "sweep.cdsl"), str(work / "steer.cdsl")]
+    args = cdsl(work, *specs, "--ab", str(work / "ab.yaml"), "--report", str(tmp_path / "rep"), store=store)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "sweep[k=0.5]" in out and "sweep[k=2]" in out and "steer" in out and "marginal ΔNLL" in out
+    assert (tmp_path / "rep" / "frontier.png").is_file() and (tmp_path / "rep" / "report.md").is_file()
+
+    assert main(["runs", "list", "--store", str(store), "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert [r["label"] for r in run["results"]] == ["baseline", "sweep[k=0.5]", "sweep[k=2]", "steer"]
+
+    assert main(["runs", "show", run["id"][:15], "--store", str(store)]) == 0
+    assert "sweep[k=2]" in capsys.readouterr().out
+
+    first = json.loads((tmp_path / "rep" / "comparison.json").read_text())
+    assert main([*cdsl(work, *specs, "--ab", str(work / "ab.yaml"), "--json", "--from-store", store=store)]) == 0
+    rebuilt = json.loads(capsys.readouterr().out)
+    assert rebuilt["rows"] == first["rows"]
+    assert rebuilt["run_id"] == run["id"]
+
+
+def test_from_store_without_a_recorded_run_names_what_is_missing(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = cdsl(work, str(work / "steer.cdsl"), "--from-store", store=tmp_path / "empty.sqlite")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--from-store" in err and "no recorded result for baseline, steer" in err
+
+
+def test_a_bad_ab_file_is_a_located_error_and_nothing_is_recorded(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('behavior: a\nitems:\n  - question: "q"\n    a: "x"\n    b: "y"\n    match: c\n')
+    store = tmp_path / "runs.sqlite"
+    assert main(cdsl(work, str(work / "steer.cdsl"), "--ab", str(bad), store=store)) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:6:" in err and "Traceback" not in err
+    assert not store.exists()
+
+
+def test_an_empty_corpus_is_an_error_naming_the_file(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("---\n\n---\n")
+    args = [*cdsl(work, str(work / "steer.cdsl"), store=tmp_path / "s.sqlite"), "--corpus", str(empty)]
+    assert main(args) == 2
+    assert f"{empty}: error: the corpus is empty" in capsys.readouterr().err
+
+
+def test_tokens_beyond_the_corpus_limit_are_not_used(work: Path, tmp_path: Path, capsys: Any) -> None:
+    args = [*cdsl(work, str(work / "steer.cdsl"), "--json", "--no-store", store=tmp_path / "s.sqlite")]
+    assert main([*args, "--corpus-tokens", "16"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inputs"]["corpus_tokens_used"] == 16 and data["inputs"]["corpus_windows"] == 2
+    assert not (tmp_path / "s.sqlite").exists()
