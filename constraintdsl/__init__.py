@@ -11,7 +11,8 @@ from .diff import Change, diff
 from .errors import Diagnostic, Span, SpecError, UserError
 from .load import load, parse_file
 from .parser import parse
-from .spec import Ablate, Clamp, Concept, Gate, Include, Pin, Scale, Spec, Steer, Tokens, Unit, Value
+from .spec import Ablate, Clamp, Concept, Gate, Include, Let, Pin, Ref, Scale, Spec, Steer, Tokens, Unit, Value
+from .variants import Variant, expand
 
 __version__ = "0.1.0"
 
@@ -44,8 +45,10 @@ __all__ = [
     "Diagnostic",
     "Gate",
     "Include",
+    "Let",
     "Pin",
     "Plan",
+    "Ref",
     "Scale",
     "Span",
     "Spec",
@@ -55,10 +58,12 @@ __all__ = [
     "Unit",
     "UserError",
     "Value",
+    "Variant",
     "__version__",
     "apply",
     "compile",
     "diff",
+    "expand",
     "install",
     "load",
     "load_model",

@@ -1,6 +1,6 @@
 """The canonical forms of a spec: DSL text, plain data (the YAML twin), YAML text, and its hash.
 
-Canonical DSL puts the header first, then includes, concepts and constraints, each statement
+Canonical DSL puts the header first, then includes, concepts, lets and constraints, each statement
 with ASCII operators, default clauses left out and clauses in the order at, in, on, when.
 Formatting is idempotent, and a spec's hash is the sha256 of its canonical DSL text.
 """
@@ -21,8 +21,10 @@ from .spec import (
     Include,
     LayerRange,
     Layers,
+    Let,
     Op,
     Pin,
+    Ref,
     Scale,
     Spec,
     Steer,
@@ -35,6 +37,7 @@ from .spec import (
 __all__ = [
     "format_gate",
     "format_layers",
+    "format_let_values",
     "format_number",
     "format_tokens",
     "format_value",
@@ -56,13 +59,20 @@ def format_number(x: float) -> str:
     return repr(float(x))
 
 
-def format_value(v: Value) -> str:
-    """``0.3``, ``12.5 raw``, ``1.5 sd`` or ``p25``."""
+def format_value(v: Value | Ref) -> str:
+    """``0.3``, ``12.5 raw``, ``1.5 sd``, ``p25``, or ``$floor`` for a variable."""
+    if isinstance(v, Ref):
+        return f"${v.name}"
     if v.unit is Unit.percentile:
         return f"p{format_number(v.number)}"
     if v.unit is Unit.calibrated:
         return format_number(v.number)
     return f"{format_number(v.number)} {v.unit.value}"
+
+
+def format_let_values(let: Let) -> str:
+    """``0.1 | 0.3 | p25`` — a let's alternatives, as written after ``=``."""
+    return " | ".join(format_value(v) for v in let.values)
 
 
 def _range(r: LayerRange) -> str:
@@ -139,13 +149,20 @@ def _op_head(op: Op) -> str:
     if isinstance(op, Steer):
         return f"steer {op.concept} by {format_value(op.by)}"
     if isinstance(op, Scale):
-        return f"scale {op.concept} by {format_number(op.by)}"
+        return f"scale {op.concept} by {format_scale(op.by)}"
     assert isinstance(op, Ablate)
     return f"ablate {op.concept}"
 
 
-def statement_dsl(stmt: Concept | Include | Op) -> str:
+def format_scale(by: float | Ref) -> str:
+    """A ``scale`` factor: a plain number or ``$k``."""
+    return format_value(by) if isinstance(by, Ref) else format_number(by)
+
+
+def statement_dsl(stmt: Concept | Include | Let | Op) -> str:
     """One statement as canonical DSL (no newline)."""
+    if isinstance(stmt, Let):
+        return f"let {stmt.name} = {format_let_values(stmt)}"
     if isinstance(stmt, Include):
         return f"include {_quote(stmt.path)}"
     if isinstance(stmt, Concept):
@@ -169,7 +186,13 @@ def to_dsl(spec: Spec, *, comments: bool = False) -> str:
     if spec.model is not None:
         header.append((f"model {_quote(spec.model)}", _line(spec, "model")))
     groups: list[list[tuple[str, int | None]]] = [header]
-    for stmts in (spec.includes, spec.concepts, spec.constraints):
+    statements: tuple[tuple[Concept | Include | Let | Op, ...], ...] = (
+        spec.includes,
+        spec.concepts,
+        spec.lets,
+        spec.constraints,
+    )
+    for stmts in statements:
         if stmts:
             groups.append([(statement_dsl(s), s.span.line if s.span.path == spec.path else None) for s in stmts])
     if not comments or not spec.comments:
@@ -211,8 +234,8 @@ def _with_comments(spec: Spec, groups: list[list[tuple[str, int | None]]]) -> st
     return "\n\n".join(blocks) + "\n"
 
 
-def _value_data(v: Value) -> float | str:
-    return v.number if v.unit is Unit.calibrated else format_value(v)
+def _value_data(v: Value | Ref) -> float | str:
+    return v.number if isinstance(v, Value) and v.unit is Unit.calibrated else format_value(v)
 
 
 def _op_data(op: Op) -> dict[str, Any]:
@@ -227,7 +250,7 @@ def _op_data(op: Op) -> dict[str, Any]:
     elif isinstance(op, Steer):
         d["by"] = _value_data(op.by)
     elif isinstance(op, Scale):
-        d["by"] = op.by
+        d["by"] = format_value(op.by) if isinstance(op.by, Ref) else op.by
     if isinstance(op.where, Depth):
         d["depth"] = format_depth(op.where)
     else:
@@ -259,6 +282,8 @@ def to_dict(spec: Spec) -> dict[str, Any]:
                 entry["method"] = c.method
             concepts[c.name] = entry
         d["concepts"] = concepts
+    if spec.lets:
+        d["let"] = {v.name: [_value_data(x) for x in v.values] for v in spec.lets}
     if spec.constraints:
         d["constraints"] = [_op_data(op) for op in spec.constraints]
     return d
@@ -310,6 +335,9 @@ def to_yaml(spec: Spec) -> str:
     if "concepts" in d:
         lines.append("concepts:")
         lines.extend(f"  {_flow(name)}: {_flow(entry)}" for name, entry in d["concepts"].items())
+    if "let" in d:
+        lines.append("let:")
+        lines.extend(f"  {_flow(name)}: [{', '.join(_flow_item(x) for x in xs)}]" for name, xs in d["let"].items())
     if "constraints" in d:
         lines.append("constraints:")
         lines.extend(f"  - {_flow(entry)}" for entry in d["constraints"])

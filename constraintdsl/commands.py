@@ -19,6 +19,7 @@ from .errors import Diagnostic, Span, SpecError, UserError
 from .load import load, parse_file, read_text, spec_sources
 from .parser import is_yaml_path, normalize_text
 from .spec import Spec
+from .variants import expand
 
 __all__ = [
     "EXIT_FAILED",
@@ -63,7 +64,10 @@ def _load_checked(path: str, *, resolve_concepts: bool) -> tuple[Spec, dict[str,
 
 
 def check(paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_concepts: bool = True) -> int:
-    """``cdsl check``: load each spec (includes, concept files) and report every problem."""
+    """``cdsl check``: load each spec (includes, concept files) and report every problem.
+
+    A spec with lets also reports its variants: their count in text, their names in JSON
+    (``variants``; empty for a spec without lets)."""
     code = EXIT_OK
     results: list[dict[str, Any]] = []
     for path in paths:
@@ -82,6 +86,7 @@ def check(paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_conce
                 err.write(e.render() + "\n")
             continue
         digest = spec_hash(spec, extra)
+        variants = [v.name for v in expand(spec)] if spec.lets else []
         results.append(
             {
                 "path": path,
@@ -89,11 +94,15 @@ def check(paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_conce
                 "hash": digest,
                 "concepts": len(spec.concepts),
                 "constraints": len(spec.constraints),
+                "variants": variants,
                 "diagnostics": [],
             }
         )
         if fmt == "text":
-            out.write(f"ok: {path} ({len(spec.concepts)} concepts, {len(spec.constraints)} constraints)\n")
+            counts = f"{len(spec.concepts)} concepts, {len(spec.constraints)} constraints"
+            if variants:
+                counts += f", {len(variants)} variants of {', '.join(let.name for let in spec.lets)}"
+            out.write(f"ok: {path} ({counts})\n")
     if fmt == "json":
         out.write(json.dumps({"files": results}, indent=2, ensure_ascii=False) + "\n")
     return code

@@ -25,7 +25,7 @@ from .errors import Diagnostic, Span, SpecError, UserError
 from .load import spec_sources
 from .models import ModelIdentity, model_identity
 from .sites import arch_sites
-from .spec import Ablate, Clamp, Depth, Gate, Layers, Op, Pin, Scale, Spec, Steer, Unit, Value
+from .spec import Ablate, Clamp, Depth, Gate, Layers, Op, Pin, Ref, Scale, Spec, Steer, Unit, Value
 
 __all__ = ["Entry", "Plan", "resolve", "resolve_layers"]
 
@@ -215,9 +215,10 @@ class _Resolver:
 
     # -- units --------------------------------------------------------------------------
     def raw(
-        self, art: ConceptArtifact, name: str, layer: int, value: Value, span: Span, *, displacement: bool = False
+        self, art: ConceptArtifact, name: str, layer: int, value: Value | Ref, span: Span, *, displacement: bool = False
     ) -> float | None:
         """``value`` at ``layer`` in raw projection units (a displacement for steer)."""
+        assert isinstance(value, Value), "resolve() refuses a spec with variables before reading values"
         if value.unit is Unit.raw:
             return value.number
         cal = art.calibration
@@ -282,6 +283,7 @@ def resolve(
     pairs``); ``concepts`` supplies artifacts by name instead (useful in tests and notebooks).
     ``base_dir`` is where relative concept paths start (default: the spec file's folder).
     """
+    _refuse_variables(spec)
     identity = model_identity(model)
     arch = arch_sites(model)
     n = identity.num_layers
@@ -359,6 +361,22 @@ def resolve(
     return Plan(spec=spec, model=identity, payload=payload, entries=tuple(entries), concepts=names, model_ref=model)
 
 
+def _refuse_variables(spec: Spec) -> None:
+    """A spec with ``$name``s left stands for several specs: point at the first and say what to do."""
+    from .variants import first_ref
+
+    ref = first_ref(spec)
+    if ref is None:
+        return
+    sizes = ", ".join(f"{let.name}: {len(let.values)} value{'s' * (len(let.values) != 1)}" for let in spec.lets)
+    raise SpecError.single(
+        ref.span,
+        f"this spec has variants ({sizes})" if sizes else f"${ref.name} is not bound to a value",
+        "compile one variant (`constraintdsl.variants.expand`) or compare them with `cdsl compare`",
+        source=spec_sources(spec).get(ref.span.path),
+    )
+
+
 def _checked_layers(r: _Resolver, op: Op, n: int) -> list[int]:
     if isinstance(op.where, Layers):
         bad = [x for item in op.where.items for x in (item.start, item.stop) if not -n <= x < n]
@@ -383,6 +401,7 @@ def _bounds(r: _Resolver, art: ConceptArtifact, op: Op, layer: int) -> tuple[flo
     if isinstance(op, Ablate):
         return 0.0, 0.0
     if isinstance(op, Scale):
+        assert not isinstance(op.by, Ref), "resolve() refuses a spec with variables before reading values"
         return op.by, op.by
     if isinstance(op, Steer):
         amount = r.raw(art, op.concept, layer, op.by, op.span, displacement=True)

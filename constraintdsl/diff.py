@@ -1,6 +1,6 @@
 """Semantic diff of two specs: statements added, removed, and changed field by field.
 
-Header fields compare by name, concepts by concept name, and operations by their keyword and
+Header fields compare by name, concepts and lets by name, and operations by their keyword and
 concept: unchanged statements pair up first, then the remaining ones with the same keyword
 and concept pair in file order and report their differing fields.
 """
@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .canonical import format_gate, format_number, format_tokens, format_value, format_where, statement_dsl
+from .canonical import (
+    format_gate,
+    format_let_values,
+    format_scale,
+    format_tokens,
+    format_value,
+    format_where,
+    statement_dsl,
+)
 from .errors import Span
 from .spec import Clamp, Concept, Op, Pin, Scale, Spec, Steer
 
@@ -56,7 +64,7 @@ def _op_fields(op: Op) -> dict[str, str]:
     elif isinstance(op, Steer):
         f["by"] = format_value(op.by)
     elif isinstance(op, Scale):
-        f["by"] = format_number(op.by)
+        f["by"] = format_scale(op.by)
     f["where"] = format_where(op.where).removeprefix("at ")
     f["site"] = op.site
     f["tokens"] = format_tokens(op.tokens)
@@ -97,6 +105,18 @@ def diff(a: Spec, b: Spec) -> list[Change]:
     for c in b.concepts:
         if c.name not in ac:
             out.append(Change("added", statement_dsl(c), new=c.span))
+    bl = {v.name: v for v in b.lets}
+    al = {v.name: v for v in a.lets}
+    for v in a.lets:
+        if v.name not in bl:
+            out.append(Change("removed", statement_dsl(v), old=v.span))
+        elif v != bl[v.name]:
+            subject = f"let {v.name}"
+            values = (subject, format_let_values(v), format_let_values(bl[v.name]))
+            out.append(Change("changed", subject, (values,), v.span, bl[v.name].span))
+    for v in b.lets:
+        if v.name not in al:
+            out.append(Change("added", statement_dsl(v), new=v.span))
     out.extend(_diff_ops(list(a.constraints), list(b.constraints)))
     return out
 

@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from .errors import Diagnostic, Span, SpecError, UserError
-from .parser import is_yaml_path, normalize_text, parse
-from .spec import Concept, Include, Op, Spec
-from .validate import assemble, check_concepts
+from .parser import is_yaml_path, normalize_text, parse_file_statements
+from .spec import Concept, Include, Let, Op, Spec
+from .validate import assemble, check_concepts, check_lets
 
 __all__ = ["MAX_BYTES", "load", "parse_file", "read_text", "spec_sources"]
 
@@ -51,15 +51,16 @@ def read_text(path: str | Path, *, at: Span | None = None) -> str:
 
 def parse_file(path: str | Path, *, at: Span | None = None) -> Spec:
     """One file as written: DSL or YAML by extension, includes listed but not followed."""
-    text = read_text(path, at=at)
+    text = normalize_text(read_text(path, at=at))
     name = str(path)
+    comments: list[tuple[int, str]] = []
     if is_yaml_path(path):
         from .yaml_twin import parse_yaml
 
-        text = normalize_text(text)
         header, statements, diags = parse_yaml(text, name)
-        return assemble(header, statements, [], diags, name, text)
-    return parse(text, name)
+    else:
+        header, statements, comments, diags = parse_file_statements(text, name)
+    return assemble(header, statements, comments, diags, name, text, included=at is not None)
 
 
 def load(path: str | Path) -> Spec:
@@ -67,11 +68,15 @@ def load(path: str | Path) -> Spec:
 
     A file included twice (diamond) counts once; a cycle or a missing include is an error that
     shows the include chain.  Concept paths are rewritten relative to ``path``'s folder.
+    Concepts and lets are global to the flattened spec: each name is defined once across all
+    its files; a file may use the names defined in it and in the files it includes, and a let
+    counts as used when any file of the spec uses it.
     """
     root = Path(path)
     sources: dict[str, str] = {}
     seen: set[Path] = set()
     concepts: list[Concept] = []
+    lets: list[Let] = []
     constraints: list[Op] = []
     files: list[str] = []
 
@@ -84,8 +89,9 @@ def load(path: str | Path) -> Spec:
             sources.update(e.sources)
             raise SpecError(e.diagnostics, sources) from None
         files.append(str(p))
-        items: list[tuple[int, Include | Concept | Op]] = [(s.span.line, s) for s in spec.includes]
+        items: list[tuple[int, Include | Concept | Let | Op]] = [(s.span.line, s) for s in spec.includes]
         items += [(s.span.line, s) for s in spec.concepts]
+        items += [(s.span.line, s) for s in spec.lets]
         items += [(s.span.line, s) for s in spec.constraints]
         for _, stmt in sorted(items, key=lambda t: t[0]):
             if isinstance(stmt, Include):
@@ -109,6 +115,8 @@ def load(path: str | Path) -> Spec:
                 visit(target, (*chain, p), stmt)
             elif isinstance(stmt, Concept):
                 concepts.append(_rebase(stmt, p.parent, root.parent))
+            elif isinstance(stmt, Let):
+                lets.append(stmt)
             else:
                 constraints.append(stmt)
         return spec
@@ -117,7 +125,7 @@ def load(path: str | Path) -> Spec:
         top = visit(root, (), None)
     except SpecError as e:
         raise SpecError(e.diagnostics, {**_texts({}, [Path(f) for f in files]), **e.sources}) from None
-    diags = check_concepts(concepts, constraints)
+    diags = check_concepts(concepts, constraints) + check_lets(lets, constraints)
     if diags:
         raise SpecError(diags, _texts({}, [Path(f) for f in files]))
     model = top.model
@@ -127,6 +135,7 @@ def load(path: str | Path) -> Spec:
         model=model,
         includes=(),
         concepts=tuple(concepts),
+        lets=tuple(lets),
         constraints=tuple(constraints),
         path=str(root),
         sources=tuple(files),

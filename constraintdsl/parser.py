@@ -31,7 +31,9 @@ from .spec import (
     Include,
     LayerRange,
     Layers,
+    Let,
     Op,
+    Ref,
     Spec,
     Statement,
     Tokens,
@@ -43,7 +45,7 @@ from .syntax_errors import EXAMPLES, MESSAGES
 
 __all__ = ["Header", "grammar_path", "normalize_text", "parse", "parse_fragment"]
 
-FRAGMENT_RULES = ("value", "layer_list", "percent_range", "tokens_sel", "gate_expr")
+FRAGMENT_RULES = ("value", "layer_list", "percent_range", "tokens_sel", "gate_expr", "let_values")
 UNITS = ("raw", "sd")
 METHODS = ("mean", "pca")
 SOURCES = ("pairs", "file")
@@ -54,6 +56,7 @@ MAX_INT = {"version": 1_000_000, "layer": 99_999, "token count": 100_000_000}
 _CLAUSE_KEYS = {"layers": "at", "depth": "at", "site": "in", "tokens": "on", "gate": "when"}
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
 _PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)")
+_LET_NAME = re.compile(r"[ \t]*let[ \t]+([A-Za-z_][A-Za-z0-9_]*)")
 _CMP_ASCII = {"≥": ">=", "≤": "<="}
 _CHAR_HINTS = {
     "“": 'use straight double quotes: "…"',
@@ -66,7 +69,7 @@ _CHAR_HINTS = {
     "\u00a0": "a no-break space; replace it with an ordinary space",
     "\u200b": "an invisible zero-width space; delete it",
     "\ufeff": "a byte-order mark inside the file; delete it",
-    "$": "variables ($name) come with `let`, which spec version 1 does not have",
+    "$": "a variable is `$` and a name, defined by a `let` line: let floor = 0.1 | 0.3, then >= $floor",
     ";": "one statement per line; start a new line instead of ';'",
 }
 
@@ -108,6 +111,7 @@ class Header:
     first_statement: Span | None = None
     version_number: Span | None = None
     duplicates: list[tuple[str, Span, Span]] = field(default_factory=list)
+    broken_lets: set[str] = field(default_factory=set)  # lets already reported as unreadable
 
 
 @dataclass
@@ -159,6 +163,15 @@ class _Builder:
             return Include(self.string(cast(Token, kids[0])), span=span)
         if kind == "concept":
             return self.concept(tree, span)
+        if kind == "let":
+            before = len(self.diags)
+            let = self.let(tree, span)
+            if len(self.diags) > before:  # neither it nor a `$x` among its values is reported again
+                header.broken_lets.add(let.name)
+                header.broken_lets.update(
+                    str(t)[1:] for t in tree.scan_values(lambda t: isinstance(t, Token) and t.type == "REF")
+                )
+            return let
         return self.op(kind, tree, span)
 
     def _header(self, header: Header, key: str, item: tuple[Any, Span]) -> None:
@@ -221,6 +234,28 @@ class _Builder:
             path_span=self.tok_span(path_tok),
         )
 
+    def let(self, tree: Tree[Token], span: Span) -> Let:
+        name_tok, values_tree = cast(Token, _kids(tree)[0]), cast(Tree[Token], _kids(tree)[1])
+        values = self.let_values(values_tree)
+        return Let(
+            str(name_tok),
+            tuple(v for v, _ in values),
+            span=span,
+            name_span=self.tok_span(name_tok),
+            value_spans=tuple(s for _, s in values),
+        )
+
+    def let_values(self, tree: Tree[Token]) -> list[tuple[Value, Span]]:
+        """The alternatives of a ``let`` (``0.1 | 12.5 raw | p25``), each with its span.
+
+        A bad alternative is reported and left out, so the let still defines its name."""
+        out: list[tuple[Value, Span]] = []
+        for item in cast(list[Tree[Token]], _kids(tree)):
+            v = self.value(item, "let")
+            if isinstance(v, Value):
+                out.append((v, self.tree_span(item)))
+        return out
+
     def _check_concept_path(self, source: str, path: str, span: Span) -> None:
         problem = concept_path_problem(source, path)
         if problem is not None:
@@ -242,7 +277,7 @@ class _Builder:
             fields["by"] = self.value(cast(Tree[Token], kids.pop(0)), "steer")
         elif kind == "scale":
             factor = self.value(cast(Tree[Token], kids.pop(0)), "scale")
-            fields["by"] = factor.number if factor else 1.0
+            fields["by"] = factor.number if isinstance(factor, Value) else factor
         seen: dict[str, Tree[Token]] = {}
         for clause in cast(list[Tree[Token]], kids):
             key = _CLAUSE_KEYS[str(clause.data)]
@@ -273,12 +308,12 @@ class _Builder:
             return None  # a part was invalid and has been reported
         return OP_CLASSES[kind](**fields)
 
-    def bound(self, tree: Tree[Token]) -> dict[str, Value | None]:
+    def bound(self, tree: Tree[Token]) -> dict[str, Value | Ref | None]:
         kind = str(tree.data)
         if kind == "between":
             lo_t, hi_t = cast(list[Tree[Token]], _kids(tree))
             lo, hi = self.value(lo_t, "clamp"), self.value(hi_t, "clamp")
-            if lo is not None and hi is not None and lo.unit == hi.unit and lo.number > hi.number:
+            if isinstance(lo, Value) and isinstance(hi, Value) and lo.unit == hi.unit and lo.number > hi.number:
                 self.error(
                     self.tree_span(tree),
                     f"empty interval: {format_value(lo)} is above {format_value(hi)}",
@@ -289,9 +324,15 @@ class _Builder:
         v = self.value(cast(Tree[Token], _kids(tree)[1]), "clamp")
         return {"min": v} if kind == "at_least" else {"max": v}
 
-    def value(self, tree: Tree[Token], context: str) -> Value | None:
+    def value(self, tree: Tree[Token], context: str) -> Value | Ref | None:
+        """A value, or a ``$name`` placeholder (whose units are checked against its ``let`` later)."""
         toks = cast(list[Token], _kids(tree))
         span = self.tree_span(tree)
+        if str(tree.data) == "ref":
+            if context == "let":
+                self.error(span, *LET_OF_REF)
+                return None
+            return Ref(str(toks[0])[1:], span=span)
         if str(tree.data) in ("word", "percentile"):
             word = str(toks[0])
             m = _PERCENTILE.fullmatch(word)
@@ -324,15 +365,9 @@ class _Builder:
                     return None
                 unit = Unit(word)
             value = Value(number, unit)
-        if context == "steer" and value.unit is Unit.percentile:
-            self.error(
-                span,
-                "a percentile is a position, not a displacement",
-                "steer by calibrated units (2.0), `raw` or `sd`",
-            )
-            return None
-        if context == "scale" and value.unit is not Unit.calibrated:
-            self.error(span, "`scale` takes a plain factor, without a unit", "scale sentiment by 0.5")
+        problem = unit_problem(value, context)
+        if problem is not None:
+            self.error(span, *problem)
             return None
         return value
 
@@ -443,6 +478,20 @@ class _Builder:
         )
 
 
+LET_OF_REF = ("a `let` value is a number, not a variable", "write the values out: let floor = 0.1 | 0.3 | 0.5")
+STEER_PERCENTILE = ("a percentile is a position, not a displacement", "steer by calibrated units (2.0), `raw` or `sd`")
+SCALE_UNIT = ("`scale` takes a plain factor, without a unit", "scale sentiment by 0.5")
+
+
+def unit_problem(value: Value, context: str) -> tuple[str, str] | None:
+    """Why ``value`` makes no sense in ``context`` (``steer``/``scale``; others take any unit), if it doesn't."""
+    if context == "steer" and value.unit is Unit.percentile:
+        return STEER_PERCENTILE
+    if context == "scale" and value.unit is not Unit.calibrated:
+        return SCALE_UNIT
+    return None
+
+
 def _unescape(m: re.Match[str]) -> str:
     esc = m.group(1)
     if len(esc) == 5:
@@ -496,7 +545,9 @@ def canonical_layers(items: list[LayerRange]) -> tuple[LayerRange, ...]:
     return tuple(out) + tuple(mixed)
 
 
-_VALUE_TOKENS = frozenset({"NAME", "INT", "NUMBER", "PERCENT", "PERCENTILE", "STRING", "GE", "LE", "CMP", "RANGE"})
+_VALUE_TOKENS = frozenset(
+    {"NAME", "INT", "NUMBER", "PERCENT", "PERCENTILE", "STRING", "GE", "LE", "CMP", "RANGE", "REF"}
+)
 
 
 def _kids(tree: Tree[Token]) -> list[Any]:
@@ -520,6 +571,10 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, builder: _Builder, start
     line = builder.line + (err.line or 1) - 1 if err.line and err.line > 0 else builder.line
     col = (err.column if err.column and err.column > 0 else len(text.split("\n")[0]) + 1) + builder.col0
     label = _label(err) if start == "start" else None
+    if label is None and str(getattr(getattr(err, "token", None), "type", "")) == "REF":
+        wanted = set(getattr(err, "expected", set()) or getattr(err, "accepts", set()))
+        if wanted & {"INT", "PERCENT"}:  # a `$name` where a layer, depth or count goes (YAML fragments)
+            label = "variable_position"
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream or 0
         ch = text[pos] if pos < len(text) else ""
@@ -592,11 +647,13 @@ _TERMINAL_NAMES = {
     "INT": "a whole number",
     "NUMBER": "a number",
     "PERCENT": "a percentage",
+    "PERCENTILE": "a percentile (p25)",
     "STRING": 'a "quoted string"',
     "GE": "'>='",
     "LE": "'<='",
     "CMP": "a comparison (>=, <=, >, <)",
     "RANGE": "'-'",
+    "REF": "a variable ($name)",
     "$END": "end of line",
 }
 
@@ -642,7 +699,12 @@ def parse_file_statements(
         if hash_at is not None:
             comments.append((lineno, raw[hash_at:].rstrip()))
         tree = _parse_line(builder, raw)
-        if tree is None or not tree.children:
+        if tree is None:
+            let = _LET_NAME.match(raw)
+            if let is not None:  # its uses are not also "undefined"
+                header.broken_lets.add(let.group(1))
+            continue
+        if not tree.children:
             continue
         stmt = builder.statement(cast(Tree[Token], tree.children[0]), header)
         if stmt is not None:
@@ -688,6 +750,7 @@ def parse_fragment(
         "percent_range": builder.percent_range,
         "tokens_sel": builder.tokens,
         "gate_expr": builder.gate,
+        "let_values": builder.let_values,
     }
     return build[rule](tree), builder.diags
 

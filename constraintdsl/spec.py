@@ -28,8 +28,10 @@ __all__ = [
     "Include",
     "LayerRange",
     "Layers",
+    "Let",
     "Op",
     "Pin",
+    "Ref",
     "Scale",
     "Spec",
     "Statement",
@@ -38,6 +40,7 @@ __all__ = [
     "Unit",
     "Value",
     "Where",
+    "op_refs",
 ]
 
 SITES: tuple[str, ...] = ("resid", "attn", "mlp")
@@ -60,6 +63,14 @@ class Value:
 
     number: float
     unit: Unit = Unit.calibrated
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """``$name``: a placeholder for a value bound by a ``let`` (see :mod:`constraintdsl.variants`)."""
+
+    name: str
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +116,7 @@ class Gate:
 
     concept: str
     cmp: Literal[">=", "<=", ">", "<"]
-    value: Value
+    value: Value | Ref
     layer: int | None = None
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
@@ -134,6 +145,18 @@ class Include:
 
 
 @dataclass(frozen=True, slots=True)
+class Let:
+    """``let NAME = v1 | v2 | …``: the values a ``$NAME`` sweeps over, in order."""
+
+    keyword: ClassVar[str] = "let"
+    name: str
+    values: tuple[Value, ...]
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    value_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class _OpBase:
     """Fields shared by every operation, in canonical clause order."""
 
@@ -151,8 +174,8 @@ class Clamp(_OpBase):
     """Hard bound(s) on the projection: ``>= min``, ``<= max`` or ``in [min, max]``."""
 
     keyword: ClassVar[str] = "clamp"
-    min: Value | None = None
-    max: Value | None = None
+    min: Value | Ref | None = None
+    max: Value | Ref | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +183,7 @@ class Pin(_OpBase):
     """Pin the projection to one value: ``pin c = v``."""
 
     keyword: ClassVar[str] = "pin"
-    value: Value = Value(0.0)
+    value: Value | Ref = Value(0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +198,7 @@ class Steer(_OpBase):
     """Add ``by`` (calibrated: times the pole distance) along the unit direction."""
 
     keyword: ClassVar[str] = "steer"
-    by: Value = Value(0.0)
+    by: Value | Ref = Value(0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,12 +206,26 @@ class Scale(_OpBase):
     """Multiply the raw projection by ``by``."""
 
     keyword: ClassVar[str] = "scale"
-    by: float = 1.0
+    by: float | Ref = 1.0
 
 
 Op: TypeAlias = Clamp | Pin | Ablate | Steer | Scale
-Statement: TypeAlias = Concept | Include | Op
+Statement: TypeAlias = Concept | Include | Let | Op
 OP_CLASSES: dict[str, type[Op]] = {c.keyword: c for c in (Clamp, Pin, Ablate, Steer, Scale)}
+VALUE_FIELDS: tuple[str, ...] = ("min", "max", "value", "by")
+
+
+def op_refs(op: Op) -> list[tuple[str, Ref]]:
+    """The ``$name`` placeholders in one operation, in text order, each with the field it fills
+    (``min``, ``max``, ``value``, ``by`` or ``when`` for the gate's threshold)."""
+    out: list[tuple[str, Ref]] = []
+    for key in VALUE_FIELDS:
+        v = getattr(op, key, None)
+        if isinstance(v, Ref):
+            out.append((key, v))
+    if op.gate is not None and isinstance(op.gate.value, Ref):
+        out.append(("when", op.gate.value))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +234,7 @@ class Spec:
 
     ``parse`` gives what one file says (its ``include`` statements listed, not followed);
     ``load`` gives what it means: includes resolved and flattened, ``includes`` empty.
+    A spec with ``lets`` stands for several concrete variants (:mod:`constraintdsl.variants`).
     """
 
     version: int = 1
@@ -204,11 +242,19 @@ class Spec:
     model: str | None = None
     includes: tuple[Include, ...] = ()
     concepts: tuple[Concept, ...] = ()
+    lets: tuple[Let, ...] = ()
     constraints: tuple[Op, ...] = ()
     path: str = field(default="<string>", compare=False)
     sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
     comments: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
     header_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
+
+    def let(self, name: str) -> Let | None:
+        """The ``let`` statement named ``name``, if any."""
+        for v in self.lets:
+            if v.name == name:
+                return v
+        return None
 
     def concept(self, name: str) -> Concept | None:
         """The concept statement named ``name``, if any."""

@@ -13,7 +13,7 @@ __all__ = ["EXAMPLES", "MESSAGES"]
 MESSAGES: dict[str, tuple[str, str | None]] = {
     "unknown_statement": (
         "unknown statement {found}",
-        "statements: version, name, model, include, concept, clamp, pin, ablate, steer, scale",
+        "statements: version, name, model, include, concept, let, clamp, pin, ablate, steer, scale",
     ),
     "version_number": ("`version` takes a whole number, found {found}", "version 1"),
     "quoted_text": ("expected a quoted string, found {found}", 'quote it: name "assistant-floor"'),
@@ -96,6 +96,19 @@ MESSAGES: dict[str, tuple[str, str | None]] = {
     ),
     "gate_last": ("the gate must come last, found {found} after it", "move `when …` to the end of the statement"),
     "trailing": ("unexpected {found} at the end of the statement", "one statement per line"),
+    "let_name": (
+        "`let` needs a name and '=', found {found}",
+        "let floor = 0.1 | 0.3 | 0.5, then use it as $floor: clamp helpfulness >= $floor at layers 10-14",
+    ),
+    "let_values": (
+        "expected values separated by '|' after `let … =`, found {found}",
+        "let floor = 0.1 | 0.3 | 0.5 (each a value with its unit: 0.3, 12.5 raw, p25, 1.5 sd)",
+    ),
+    "variable_position": (
+        "a variable cannot stand for a layer, depth or token count, found {found}",
+        "only values take variables (bounds, pin values, steer/scale amounts, gate thresholds); "
+        "write layers as numbers: at layers 10-14",
+    ),
 }
 
 _HEADS = ("ablate x", "clamp x >= 1", "clamp x in [0, 1]", "pin x = 1", "steer x by 1", "scale x by 1")
@@ -107,7 +120,7 @@ def _each_op(*tails: str) -> list[str]:
 
 
 EXAMPLES: dict[str, list[str]] = {
-    "unknown_statement": ["clmap x >= 1 at layer 1", "limit x", "42", '"x"', "let floor = 0.3"],
+    "unknown_statement": ["clmap x >= 1 at layer 1", "limit x", "42", '"x"', "set floor = 0.3"],
     "version_number": ["version", "version x", 'version "1"'],
     "quoted_text": ["name assistant", "model smollm2", "name"],
     "include_path": ["include other.cdsl", "include"],
@@ -151,4 +164,28 @@ EXAMPLES: dict[str, list[str]] = {
     "gate_layer": _each_op("at layer 1 when h > 0.5 at", "at layer 1 when h > 0.5 at depth 50%"),
     "gate_last": _each_op("when h > 0.5 at layer 1 on last", "at layer 1 when h > 0.5 in attn"),
     "trailing": ["version 1 2", 'name "a" "b"', 'include "a" x'],
+    "let_name": ["let", "let x", "let x 0.1", "let = 0.1", "let $x = 0.1", "let x == 0.1", 'let "x" = 1'],
+    "let_values": [
+        "let x =",
+        "let x = 0.1 |",
+        "let x = 0.1, 0.3",
+        "let x = 0.1 | 0.3 0.5",
+        "let x = [0.1, 0.3]",
+        "let x = 0.1 || 0.3",
+        "let x = 0.1 raw sd",
+    ],
+    "variable_position": _each_op(
+        "at layer $x",
+        "at layers $x",
+        "at layers 1-$x",
+        "at layers 1,$x",
+        "at layers 1..$x",
+        "at depth $x",
+        "at depth 10%-$x",
+        "at layer 1 on last $x",
+        "at layer 1 on $x",
+        "at layer 1 when h > 0.5 at layer $x",
+        "at layer 1 when h > 0.5 at layers 1-$x",
+        "at layer 1 when h > 0.5 at layers $x",
+    ),
 }

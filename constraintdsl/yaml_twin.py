@@ -2,13 +2,15 @@
 
 Loaded safely and strictly: no tags, no aliases (so no billion-laughs), no duplicate keys,
 no unknown keys.  Every problem points at its line and column.  Strings inside the YAML
-(values like ``"12.5 raw"``, layers like ``"10-14"``, whole DSL lines) are parsed with the
-grammar's own rules, so both forms share one syntax.
+(values like ``"12.5 raw"`` or ``$floor``, layers like ``"10-14"``, whole DSL lines) are parsed
+with the grammar's own rules, so both forms share one syntax.  Variants are a ``let`` mapping:
+``let: {floor: [0.1, 0.3, "p25"]}`` (or ``floor: "0.1 | 0.3 | p25"``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -21,7 +23,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import Diagnostic, Span, clip, describe_char, did_you_mean
 from .parser import MAX_INT, METHOD_ON_FILE, Header, concept_path_problem, parse_fragment, parse_statement
-from .spec import OP_CLASSES, SITES, Concept, LayerRange, Layers, Op, Statement, Value
+from .spec import OP_CLASSES, SITES, Concept, LayerRange, Layers, Let, Op, Ref, Statement, Value
 
 __all__ = ["ConceptEntry", "Document", "json_schema", "parse_yaml"]
 
@@ -103,6 +105,10 @@ class Document(BaseModel):
     model: str | None = Field(None, description="default model, e.g. smollm2 or a Hugging Face id")
     include: list[str] = Field(default_factory=list, description="other spec files, relative to this one")
     concepts: dict[str, ConceptEntry] = Field(default_factory=dict)
+    let: dict[str, list[ValueField] | str] = Field(
+        default_factory=dict,
+        description='variants: {floor: [0.1, 0.3, "p25"]}, used as "$floor" in a value',
+    )
     constraints: list[str | ClampEntry | PinEntry | AblateEntry | SteerEntry | ScaleEntry] = Field(
         default_factory=list, description="each a mapping with `op`, or one DSL line"
     )
@@ -229,6 +235,7 @@ _EXPECT = {
     "include": "a list of paths",
     "concepts": "a mapping of concept names",
     "constraints": "a list",
+    "let": "a mapping of names to lists of values, like {floor: [0.1, 0.3]}",
     "from": "`pairs` or `file`",
     "path": "a string",
     "method": "`mean` or `pca`",
@@ -316,13 +323,13 @@ def _fragment(reader: _Reader, item: _Item, rule: str, context: str = "clamp") -
     return value
 
 
-def _value(reader: _Reader, item: _Item, context: str) -> Value | None:
+def _value(reader: _Reader, item: _Item, context: str) -> Value | Ref | None:
     if isinstance(item.value, bool):
         reader.error(item.node, "expected a number, not a boolean", None)
         return None
     if isinstance(item.value, int | float):
         return Value(float(item.value))
-    return cast(Value | None, _fragment(reader, item, "value", context))
+    return cast(Value | Ref | None, _fragment(reader, item, "value", context))
 
 
 def _op(reader: _Reader, item: _Item) -> Op | None:
@@ -420,6 +427,47 @@ def _layer_items(reader: _Reader, item: _Item) -> Layers | None:
     return Layers(canonical_layers(ranges))
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _let(reader: _Reader, name: Any, entry: _Item, header: Header) -> Let | None:
+    """``floor: [0.1, 0.3, "p25"]`` or ``floor: "0.1 | 0.3 | p25"`` under ``let:``."""
+    key_node = cast(Node, entry.key_node)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        reader.error(
+            key_node,
+            f"'{clip(str(name))}' is not a variable name",
+            "a let's name is letters, digits and _, not starting with a digit: floor, alpha_2",
+        )
+        return None
+    values: list[tuple[Value, Span]] = []
+    before = len(reader.diags)
+    if isinstance(entry.value, str):
+        values = cast(list[tuple[Value, Span]], _fragment(reader, entry, "let_values") or [])
+    elif isinstance(entry.value, list):
+        for sub in cast(list[_Item], entry.value):
+            if isinstance(sub.value, list | dict) or sub.value is None:
+                reader.error(sub.node, f'a let value is a number or a string like "p25", not {_type_word(sub.value)}')
+                continue
+            v = _value(reader, sub, "let")
+            if isinstance(v, Value):
+                values.append((v, reader.span(sub.node)))
+        if not entry.value:
+            reader.error(entry.node, f"let '{name}' has no values", "give one or more: floor: [0.1, 0.3, 0.5]")
+    else:
+        reader.error(
+            entry.node,
+            f"let '{name}' must be a list of values, not {_type_word(entry.value)}",
+            f"{name}: [0.1, 0.3, 0.5]",
+        )
+        header.broken_lets.add(name)
+        return None
+    if len(reader.diags) > before:
+        header.broken_lets.add(name)
+    span = reader.span(key_node)
+    return Let(name, tuple(v for v, _ in values), span=span, name_span=span, value_spans=tuple(s for _, s in values))
+
+
 def _iter_mapping(item: _Item) -> Iterator[tuple[str, _Item]]:
     yield from cast(dict[str, _Item], item.value).items()
 
@@ -476,10 +524,10 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
         )
         return header, [], reader.diags
     data = cast(dict[str, _Item], root.value)
-    top = {k: v for k, v in data.items() if k not in ("concepts", "constraints")}
-    for key in ("concepts", "constraints"):
+    top = {k: v for k, v in data.items() if k not in ("concepts", "let", "constraints")}
+    for key in ("concepts", "let", "constraints"):
         if key in data:
-            kind = dict if key == "concepts" else list
+            kind = list if key == "constraints" else dict
             if data[key].value is None:
                 top[key] = _Item({} if kind is dict else [], data[key].node, data[key].key_node)
             elif not isinstance(data[key].value, kind):
@@ -529,6 +577,11 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
                     path_span=reader.span(entry.value["path"].node),
                 )
             )
+    if isinstance(data.get("let", _Item(None, root_node)).value, dict):
+        for name, entry in _iter_mapping(data["let"]):
+            let = _let(reader, name, entry, header)
+            if let is not None:
+                statements.append(let)
     if isinstance(data.get("constraints", _Item(None, root_node)).value, list):
         for entry in cast(list[_Item], data["constraints"].value):
             if isinstance(entry.value, str):
@@ -541,7 +594,9 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
                     reader.error(
                         entry.node,
                         "only operations may be written as DSL lines in `constraints`",
-                        "put concepts under `concepts:`",
+                        "put lets under `let:`, like let: {floor: [0.1, 0.3]}"
+                        if isinstance(stmt, Let)
+                        else "put concepts under `concepts:`",
                     )
                 elif stmt is not None:
                     statements.append(stmt)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from constraintdsl import SpecError, UserError, load
+from constraintdsl import SpecError, UserError, expand, load
 
 CASES = Path(__file__).parent / "cases"
 UPDATE = os.environ.get("CDSL_UPDATE_GOLDEN") == "1"
@@ -27,12 +27,15 @@ def _cases(kind: str) -> list[str]:
 
 def _expected_valid(name: str) -> dict[str, object]:
     spec = load(name)
-    return {
+    expected: dict[str, object] = {
         "spec": spec.to_dict(),
         "canonical": spec.to_dsl(),
         "hash": spec.hash(),
         "spans": [f"{s.span.path}:{s.span.line}:{s.span.col}" for s in (*spec.concepts, *spec.constraints)],
     }
+    if spec.lets:  # a sweep: each variant's name and the hash of its concrete spec
+        expected["variants"] = {v.name: v.spec.hash() for v in expand(spec)}
+    return expected
 
 
 @pytest.mark.parametrize("name", _cases("valid"))
