@@ -41,7 +41,9 @@ clean:
 	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
 
 # The remote suite against the real NDIF server software (PyPI ndif 0.1.2) on 127.0.0.1, in its own
-# virtualenv (built once under $HOME/.cache/constraintdsl/ndif-venv); every process it starts is stopped.
+# virtualenv (built once under $HOME/.cache/constraintdsl/ndif-venv, or $NDIF_VENV; a few minutes).
+# Needs redis-server (Debian: apt-get install -y redis-server; .ci/run installs it when missing).
+# Every process it starts is stopped by PID, also when tests fail or it gets SIGINT/SIGTERM.
 .PHONY: test-ndif
 test-ndif: $(STAMP)
 	$(PY) scripts/ndif/local_ndif.py test

@@ -98,6 +98,10 @@ ModelOpt = Annotated[
     typer.Option("--model", help="model: smollm2, a Hugging Face id or a local folder (default: the spec's)"),
 ]
 DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="model weights dtype")]
+VariantOpt = Annotated[
+    str | None,
+    typer.Option("--variant", help="for a spec with `let` lines: the variant to use, e.g. floor=0.3"),
+]
 
 
 @app.command()
@@ -106,13 +110,20 @@ def explain(
     model: ModelOpt = None,
     dtype: DtypeOpt = Dtype.float32,
     format: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+    variant: VariantOpt = None,
 ) -> None:
     """Print the resolved plan (layers, raw bounds per layer, positions, gates) without running the model."""
     from . import execute
 
     raise typer.Exit(
         execute.explain_spec(
-            spec, model_name=model, dtype=dtype.value, fmt=format.value, out=sys.stdout, err=sys.stderr
+            spec,
+            model_name=model,
+            dtype=dtype.value,
+            fmt=format.value,
+            out=sys.stdout,
+            err=sys.stderr,
+            variant=variant,
         )
     )
 
@@ -138,6 +149,7 @@ def run(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="submit the remote run, print its job id and exit (see `cdsl job`)")
     ] = False,
+    variant: VariantOpt = None,
 ) -> None:
     """Generate with the spec applied, beside the unconstrained baseline, and show which constraints bound."""
     from . import execute
@@ -160,6 +172,7 @@ def run(
             host=host,
             timeout=timeout,
             wait=not no_wait,
+            variant=variant,
         )
     )
 

@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,11 +213,24 @@ def _label(spec: Spec) -> str:
     return spec.name or Path(spec.path).stem
 
 
-def _key(spec: Spec) -> str:
+def _key(spec: Spec, given: Mapping[str, Any] | None = None) -> str:
+    """The spec's content hash: canonical text plus each concept's file hash (or, for a concept given as
+    an artifact object, the hash of its tensors)."""
     from .canonical import spec_hash
     from .commands import concept_hashes
 
-    return spec_hash(spec, concept_hashes(spec))
+    given = given or {}
+    files = replace(spec, concepts=tuple(c for c in spec.concepts if c.name not in given))
+    extra = concept_hashes(files)
+    for name in sorted(given):
+        art = given[name]
+        h = hashlib.sha256(np.ascontiguousarray(art.directions).tobytes())
+        h.update(repr(art.layers).encode())
+        if art.calibration is not None:
+            for f in fields(art.calibration):
+                h.update(np.ascontiguousarray(getattr(art.calibration, f.name)).tobytes())
+        extra[f"concept:{name}"] = "given:" + h.hexdigest()
+    return spec_hash(spec, extra)
 
 
 def _without(spec: Spec, index: int) -> Spec:
@@ -250,7 +263,7 @@ def build_arms(
             while label in labels:
                 label, n = f"{base}#{n}", n + 1
             labels.add(label)
-            key = _key(variant.spec)
+            key = _key(variant.spec, concepts)
             if progress:
                 progress(f"compiling {label}")
             plan = resolve(variant.spec, model, progress=False, concepts=concepts)
@@ -264,7 +277,7 @@ def build_arms(
             assert full is not None
             for i in range(len(full.constraints)):
                 rest = _without(full, i)
-                key = _key(rest) if rest.constraints else "baseline"
+                key = _key(rest, concepts) if rest.constraints else "baseline"
                 if key not in index:
                     plan = resolve(rest, model, progress=False, concepts=concepts)
                     arms.append(Arm(f"{arms[a].label} without #{i + 1}", key, rest, plan, arms[a].source, main=False))

@@ -64,22 +64,35 @@ def _load_model(spec: Spec, name: str | None, dtype: str, err: TextIO) -> Any:
 
 
 def _compile(
-    path: str, model_name: str | None, dtype: str, err: TextIO, progress: bool = True
+    path: str, model_name: str | None, dtype: str, err: TextIO, progress: bool = True, variant: str | None = None
 ) -> tuple[Plan, Any, str]:
     from .canonical import spec_hash
     from .compiler import resolve
 
     spec = load(path)
+    if variant is not None:
+        from .variants import select
+
+        spec = select(spec, variant).spec
     digest = spec_hash(spec, concept_hashes(spec))
     model = _load_model(spec, model_name, dtype, err)
     return resolve(spec, model, progress=progress), model, digest
 
 
-def explain_spec(path: str, *, model_name: str | None, dtype: str, fmt: str, out: TextIO, err: TextIO) -> int:
-    """``cdsl explain``: the resolved plan for a model, without running it."""
+def explain_spec(
+    path: str,
+    *,
+    model_name: str | None,
+    dtype: str,
+    fmt: str,
+    out: TextIO,
+    err: TextIO,
+    variant: str | None = None,
+) -> int:
+    """``cdsl explain``: the resolved plan for a model, without running it (one ``variant`` of a sweep)."""
     from .explain import plan_summary
 
-    plan, _, digest = _compile(path, model_name, dtype, err)
+    plan, _, digest = _compile(path, model_name, dtype, err, variant=variant)
     if fmt == "json":
         out.write(json.dumps({"hash": digest, **plan_summary(plan)}, indent=2, default=_finite) + "\n")
     else:
@@ -192,15 +205,17 @@ def run_spec(
     host: str | None = None,
     timeout: float | None = None,
     wait: bool = True,
+    variant: str | None = None,
 ) -> int:
-    """``cdsl run``: baseline and constrained generations side by side, plus telemetry.
+    """``cdsl run``: baseline and constrained generations side by side, plus telemetry (for one
+    ``variant`` of a spec with ``let`` lines).
 
     Baseline and constrained run as two variants of one generation (one request on NDIF with
     ``remote``; ``host`` overrides the configured server).  With ``wait=False`` the request is only
     submitted: its id goes to ``out`` and ``cdsl job ID`` fetches the result later."""
     from . import runner
 
-    plan, model, digest = _compile(path, model_name, dtype, err)
+    plan, model, digest = _compile(path, model_name, dtype, err, variant=variant)
     payloads = [None, plan.payload] if baseline else [plan.payload]
     target: bool | str = (host or True) if remote or host else False
     progress = _progress(err) if target else None
@@ -219,6 +234,7 @@ def run_spec(
                 "prompts": prompts,
                 "baseline": baseline,
                 "max_new_tokens": max_new_tokens,
+                "variant": variant,
             },
         )
         out.write(job.job_id + "\n")
@@ -337,7 +353,7 @@ def fetch_job(job_id: str, *, wait: float, fmt: str, out: TextIO, err: TextIO) -
         raise UserError("ID", f"no job {job_id} was submitted from this machine", f"looked in {jobs_dir()}")
     record = json.loads(record_path.read_text())
     job = runner.RemoteJob.from_dict(record["job"])
-    plan, model, digest = _compile(record["spec"], record["model"], record["dtype"], err)
+    plan, model, digest = _compile(record["spec"], record["model"], record["dtype"], err, variant=record.get("variant"))
     try:
         results = runner.fetch(model, job, wait=wait, progress=_progress(err))
     except UserError as e:

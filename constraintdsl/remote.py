@@ -76,10 +76,14 @@ _registered = False
 
 
 def register_runtime() -> None:
-    """Make :mod:`constraintdsl.runtime` travel by value with every remote request (idempotent)."""
+    """Make the torch-only modules that run inside a trace (:mod:`constraintdsl.runtime` and
+    :mod:`constraintdsl.scoring`) travel by value with every remote request (idempotent)."""
     global _registered
     if not _registered:
+        from . import scoring
+
         nnsight.register(runtime)
+        nnsight.register(scoring)
         _registered = True
 
 
@@ -250,7 +254,10 @@ class NdifBackend(RemoteBackend):  # type: ignore[misc]
         except (OSError, websocket.WebSocketException) as e:
             raise self._network_failure(e) from None
         try:
-            request.session_id = json.loads(connection.recv())["session_id"]
+            try:
+                request.session_id = json.loads(connection.recv())["session_id"]
+            except (OSError, ValueError, KeyError, TypeError, websocket.WebSocketException) as e:
+                raise self._lost_failure(f"{type(e).__name__}: {e}") from None
             self.send(request, blob)
             connection.settimeout(0.25)
             while True:
@@ -261,14 +268,9 @@ class NdifBackend(RemoteBackend):  # type: ignore[misc]
                 except websocket.WebSocketTimeoutException:
                     continue
                 except (OSError, websocket.WebSocketException) as e:
-                    raise RemoteFailure(
-                        "lost",
-                        self.host,
-                        f"the connection to {self.host} was lost while request {self.job_id} was running "
-                        f"({type(e).__name__}: {e}); no result was kept",
-                        "check that the server is still up, then run again",
-                        request_id=self.job_id,
-                    ) from None
+                    raise self._lost_failure(f"{type(e).__name__}: {e}") from None
+                if not message:  # a close frame: the server shut the connection (it stopped or restarted)
+                    raise self._lost_failure("the server closed the connection")
                 response = self.parse(message)
                 result = self.handle(response)
                 if response.status == Status.COMPLETED:
@@ -308,6 +310,17 @@ class NdifBackend(RemoteBackend):  # type: ignore[misc]
             "check the host name and your network",
             request_id=self.job_id,
             detail=text,
+        )
+
+    def _lost_failure(self, why: str) -> RemoteFailure:
+        job = f"request {self.job_id}" if self.job_id else "the request"
+        return RemoteFailure(
+            "lost",
+            self.host,
+            f"the connection to NDIF at {self.host} was lost while {job} was running ({why}); no result was kept",
+            "check that the server is still up, then run again",
+            request_id=self.job_id,
+            detail=why,
         )
 
     def _timeout_failure(self, detail: str = "") -> RemoteFailure:

@@ -152,3 +152,17 @@ def test_tokens_beyond_the_corpus_limit_are_not_used(work: Path, tmp_path: Path,
     data = json.loads(capsys.readouterr().out)
     assert data["inputs"]["corpus_tokens_used"] == 16 and data["inputs"]["corpus_windows"] == 2
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_explain_runs_one_variant_and_asks_for_one_when_a_spec_has_lets(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, model = str(work / "sweep.cdsl"), str(work / "tiny")
+    assert main(["explain", spec, "--model", model, "--variant", "k=2"]) == 0
+    assert "scale a by 2" in capsys.readouterr().out
+    assert main(["explain", spec, "--model", model]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.cdsl:" in err and "variants" in err
+    assert main(["explain", spec, "--model", model, "--variant", "k=3"]) == 2
+    err = capsys.readouterr().err
+    assert "--variant: error: let 'k' has no value 3" in err and "0.5 | 2" in err

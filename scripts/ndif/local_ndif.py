@@ -16,7 +16,11 @@ What runs, every process bound to 127.0.0.1 on ports picked free at start, every
 - a Ray head (``ray start --head --block``) advertising one fake GPU, as ndif's scheduler requires;
 - ndif's controller (``python -m ndif.services.ray.deployments.controller.controller``);
 - ndif's API under gunicorn;
-- model actors from ``cpu_actor.py`` (ndif's ``BaseModelDeployment`` with the weights on the CPU).
+- model actors from ``cpu_actor.py`` (ndif's ``BaseModelDeployment`` with the weights on the CPU);
+- two spare API fronts for the stopped-server tests: ndif's app under gunicorn on their own ports, on the
+  same Redis but without a queue dispatcher of their own (the stack's one dispatcher runs what they
+  accept).  Each test stops one while a run waits on it; the ``test`` command passes them to pytest as
+  ``--ndif-victim-host URL --ndif-victim-pid PID``.
 
 The server runs in its OWN virtualenv (``$NDIF_VENV``, default ``$HOME/.cache/constraintdsl/ndif-venv``),
 built on first use from PyPI: torch, nnsight and transformers at the client's versions, ``ndif==0.1.2``
@@ -28,11 +32,14 @@ Two models are deployed: a tiny random Llama saved to ``STATE_DIR/tiny`` (from t
 embedded SmolLM2 (its converted safetensors folder from constraintdsl.models).  Client and server share
 the disk, so a folder path is the model id.  The tests find the server through ``CDSL_NDIF_HOST`` /
 ``--ndif-host`` and the two folders through ``CDSL_NDIF_TINY`` and ``CDSL_NDIF_SMOLLM2``.
+
+This script installs nothing system-wide: ``.ci/run`` installs Debian's ``redis-server`` when it is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -72,6 +79,8 @@ SERVER_DEPS = [
 
 READY_TIMEOUT = float(os.environ.get("NDIF_READY_TIMEOUT", "240"))
 STOP_TIMEOUT = 45.0
+VICTIMS = 2  # spare API fronts: tests/remote/test_server_stopped.py stops one with SIGTERM, one with SIGKILL
+APP = "ndif.services.api.app:app"
 
 
 def log(message: str) -> None:
@@ -178,38 +187,57 @@ class Stack:
         return proc.pid
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group ``pgid`` still runs (its leader, a child of ours, is reaped
+    first: a zombie still counts as a member)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop_all(state: Path) -> None:
     """Stop every process recorded in ``state/pids.json``, newest first: SIGTERM to its process group,
-    then SIGKILL after a bounded wait.  Only PIDs this launcher recorded are touched."""
+    then SIGKILL after a bounded wait.  Only PIDs this launcher recorded are touched.  SIGINT and SIGTERM
+    are ignored meanwhile, so a second signal cannot cut the clean-up short (it is bounded)."""
     record = state / "pids.json"
     if not record.exists():
         return
     pids: dict[str, int] = json.loads(record.read_text()).get("pids", {})
-    for name, pid in reversed(list(pids.items())):
-        if not alive(pid):
-            continue
-        log(f"stopping {name} (pid {pid})")
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for name, pid in reversed(list(pids.items())):
+            _stop(name, pid)
+        record.rename(state / "pids.stopped.json")
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _stop(name: str, pid: int) -> None:
+    if not alive(pid) and not group_alive(pid):  # a leader gone may leave members behind
+        return
+    log(f"stopping {name} (pid {pid})")
+    with contextlib.suppress(ProcessLookupError):
+        if name == "ray":
+            os.kill(pid, signal.SIGTERM)  # the leader alone: `ray start --block` then stops its own children
+        else:
+            os.killpg(pid, signal.SIGTERM)  # all at once: gunicorn's master would wait for its dispatcher
+    deadline = time.monotonic() + (STOP_TIMEOUT if name == "ray" else 15.0)
+    while group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # whatever of its process group is left
         try:
-            os.kill(pid, signal.SIGTERM)  # the leader first: `ray start --block` then stops its own children
+            os.killpg(pid, sig)
         except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + (STOP_TIMEOUT if name == "ray" else 15.0)
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.3)
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # whatever of its process group is left
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            time.sleep(1.0)
-        gone = time.monotonic() + 10
-        while time.monotonic() < gone:  # until the group is empty (bounded)
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-    record.rename(state / "pids.stopped.json")
+            break
+        time.sleep(1.0)
+    gone = time.monotonic() + 10
+    while group_alive(pid) and time.monotonic() < gone:  # until the group is empty (bounded)
+        time.sleep(0.2)
 
 
 def server_env(bin_dir: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -328,18 +356,39 @@ def start_stack(stack: Stack) -> str:
             raise RuntimeError(f"ndif's controller did not come up within 120 s; see {stack.logs / 'controller.log'}")
         time.sleep(2)
 
-    pid = stack.start(
-        "api",
-        [str(bin_dir / "gunicorn"), "--config", "python:ndif.services.api.gunicorn_conf",
-         "--bind", f"{LOOPBACK}:{ports['api']}", "--workers", "1", "--graceful-timeout", "5",
-         "ndif.services.api.app:app"],
-        env,
-    )  # fmt: skip
+    # ndif's gunicorn config starts the one queue dispatcher beside the API
+    pid = stack.start("api", api_argv(bin_dir, ports["api"], "--config", "python:ndif.services.api.gunicorn_conf"), env)
     wait_port(ports["api"], 60, "api", pid)
     host = f"http://{LOOPBACK}:{ports['api']}"
     stack.info["host"] = host
     stack.save()
     return host
+
+
+def api_argv(bin_dir: Path, port: int, *config: str) -> list[str]:
+    """gunicorn serving ndif's API app on 127.0.0.1:port, one worker.  No control socket: gunicorn would
+    otherwise create one under ``$HOME/.gunicorn``, shared by every instance."""
+    return [
+        str(bin_dir / "gunicorn"), *config, "--bind", f"{LOOPBACK}:{port}", "--workers", "1",
+        "--graceful-timeout", "5", "--no-control-socket", APP,
+    ]  # fmt: skip
+
+
+def start_victims(stack: Stack, count: int) -> list[tuple[int, int]]:
+    """Start ``count`` spare API fronts for the stopped-server tests; returns ``(pid, port)`` of each.
+
+    ndif's app under gunicorn with uvicorn's worker, as in ndif's own config but without its
+    ``on_starting`` hook: that hook starts a queue dispatcher, and a second dispatcher on the same Redis
+    would compete with the stack's for every request.  Requests they accept go through the shared Redis
+    queue to the stack's dispatcher and model actors; their results come back through Redis to the
+    front that holds the client's websocket."""
+    env = server_env(stack.bin_dir, stack.info["env"])
+    started = []
+    for index in range(1, count + 1):
+        port = free_port()
+        pid = stack.start(f"victim-{index}", api_argv(stack.bin_dir, port, "-k", "uvicorn.workers.UvicornWorker"), env)
+        started.append((pid, port))
+    return started
 
 
 def _controller_up(bin_dir: Path, env: dict[str, str]) -> bool:
@@ -415,7 +464,7 @@ def deploy(stack: Stack, models: dict[str, dict[str, Any]]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     want = {spec["model_key"] for spec in models.values()}
     while time.monotonic() < deadline:
-        running = set()
+        running: set[str] = set()
         try:
             with urllib.request.urlopen(f"{host}/status", timeout=10) as response:
                 status = json.loads(response.read())
@@ -438,10 +487,14 @@ def up(state: Path, with_smollm2: bool = True) -> dict[str, Any]:
     try:
         started = time.monotonic()
         host = start_stack(stack)
+        victims = start_victims(stack, VICTIMS)  # they boot while the models deploy
         models = prepare_models(state, with_smollm2)
         stack.info["models"] = models
         stack.save()
         deploy(stack, models)
+        for pid, port in victims:
+            wait_port(port, 60, "spare api", pid)
+        stack.info["victims"] = [{"host": f"http://{LOOPBACK}:{port}", "pid": pid} for pid, port in victims]
         stack.info["startup_seconds"] = round(time.monotonic() - started, 1)
         stack.save()
         log(f"NDIF is up at {host} in {stack.info['startup_seconds']} s (state: {state})")
@@ -463,9 +516,14 @@ def run_tests(pytest_args: list[str], with_smollm2: bool) -> int:
         if "smollm2" in info["models"]:
             env["CDSL_NDIF_SMOLLM2"] = info["models"]["smollm2"]["folder"]
         env["HF_HUB_OFFLINE"] = "1"
+        victims = [
+            arg
+            for v in info["victims"]
+            for arg in ("--ndif-victim-host", v["host"], "--ndif-victim-pid", str(v["pid"]))
+        ]
         tests_started = time.monotonic()
         code = subprocess.run(
-            [sys.executable, "-m", "pytest", "tests/remote", "--ndif-host", info["host"], *pytest_args],
+            [sys.executable, "-m", "pytest", "tests/remote", "--ndif-host", info["host"], *victims, *pytest_args],
             env=env, cwd=REPO, check=False,
         ).returncode  # fmt: skip
         log(f"tests took {time.monotonic() - tests_started:.1f} s (exit {code})")
@@ -477,6 +535,12 @@ def run_tests(pytest_args: list[str], with_smollm2: bool) -> int:
         else:
             log(f"total {time.monotonic() - started:.1f} s; logs kept in {state / 'logs'}")
     return code
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # once: make forwards the SIGTERM `timeout` sends its whole group, and a second one would interrupt the clean-up
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -491,15 +555,16 @@ def main(argv: list[str] | None = None) -> int:
     p_test = sub.add_parser("test", help="up, run tests/remote, down")
     p_test.add_argument("--no-smollm2", action="store_true", help="deploy only the tiny model")
     args, rest = parser.parse_known_args(argv)
-    # a SIGTERM (make interrupted, CI cancelled) unwinds like Ctrl-C, so the `finally` stops the server
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # a SIGTERM (make interrupted, CI cancelled, `timeout`) unwinds like Ctrl-C, so the `finally` stops the server
+    signal.signal(signal.SIGTERM, _terminate)
     if args.command == "setup":
         print(setup_venv())
         return 0
     if args.command == "up":
         state = Path(tempfile.mkdtemp(prefix="cdsl-ndif-"))
         info = up(state, not args.no_smollm2)
-        print(json.dumps({"host": info["host"], "state": str(state), "models": info["models"]}, indent=2))
+        shown = {"host": info["host"], "state": str(state), "models": info["models"], "victims": info["victims"]}
+        print(json.dumps(shown, indent=2))
         return 0
     if args.command == "down":
         stop_all(args.state)

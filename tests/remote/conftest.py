@@ -1,10 +1,12 @@
 """The remote suite runs only against a server: ``--ndif-host URL`` (when pytest is pointed at this
 folder) or ``CDSL_NDIF_HOST``.  ``make test-ndif`` starts a local NDIF and sets both, with the model
-folders it deployed in ``CDSL_NDIF_TINY`` and ``CDSL_NDIF_SMOLLM2``."""
+folders it deployed in ``CDSL_NDIF_TINY`` and ``CDSL_NDIF_SMOLLM2``, and hands the stopped-server tests
+the API fronts they may stop with ``--ndif-victim-host URL --ndif-victim-pid PID`` (repeated, in pairs)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,47 @@ import torch
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--ndif-host", default=None, help="URL of an NDIF server for tests/remote")
+    parser.addoption(
+        "--ndif-victim-host",
+        action="append",
+        default=[],
+        help="URL of an NDIF API front that a test may stop (repeatable; pairs with --ndif-victim-pid)",
+    )
+    parser.addoption(
+        "--ndif-victim-pid",
+        action="append",
+        type=int,
+        default=[],
+        help="PID of that front's server process, the leader of its own process group",
+    )
+
+
+@dataclass(frozen=True)
+class Victim:
+    """An NDIF API front a test may stop: its URL and the PID that leads its process group."""
+
+    host: str
+    pid: int
+
+
+@pytest.fixture(scope="session")
+def ndif_victims(request: pytest.FixtureRequest) -> list[Victim]:
+    """The spare fronts not yet used; each stopped-server test takes one (a stopped front cannot serve twice)."""
+    hosts: list[str] = request.config.getoption("--ndif-victim-host")
+    pids: list[int] = request.config.getoption("--ndif-victim-pid")
+    if len(hosts) != len(pids):
+        raise pytest.UsageError("give --ndif-victim-host and --ndif-victim-pid in pairs")
+    return [Victim(host.rstrip("/"), pid) for host, pid in zip(hosts, pids, strict=True)]
+
+
+@pytest.fixture
+def ndif_victim(ndif_victims: list[Victim]) -> Victim:
+    """One spare front for this test alone."""
+    if not ndif_victims:
+        pytest.skip(
+            "no NDIF API front to stop: give --ndif-victim-host URL --ndif-victim-pid PID (make test-ndif does)"
+        )
+    return ndif_victims.pop(0)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +72,12 @@ def _folder(variable: str) -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip(f"{variable} does not name the deployed model's folder")
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(ndif_host: str) -> Path:
+    """The folder of the tiny Llama the server hosts (its path is the model id)."""
+    return _folder("CDSL_NDIF_TINY")
 
 
 @pytest.fixture(scope="session")
