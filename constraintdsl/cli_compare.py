@@ -45,7 +45,12 @@ def compare(
         str | None, typer.Option("--report", help="write a Markdown report with PNG plots into this folder")
     ] = None,
     effect: Annotated[
-        str | None, typer.Option("--effect", help="concept whose shift is the frontier's effect axis")
+        str | None,
+        typer.Option(
+            "--effect",
+            help="the frontier's effect axis: a concept's readout shift, or 'ab' (default: ab with --ab, else "
+            "the first concept)",
+        ),
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
     store: StoreOpt = None,

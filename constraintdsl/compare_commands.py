@@ -88,7 +88,11 @@ def _inputs(opts: CompareOptions, tokenizer: Any) -> Inputs:
     windows, total = corpus_windows(
         tokenizer, read_corpus(corpus_path), window=opts.window, max_tokens=opts.corpus_tokens
     )
-    sources = [("prompts", prompts_path), ("corpus", corpus_path)]
+    # the shipped files are named as such, not by where this installation keeps them
+    sources = [
+        ("prompts", opts.prompts or "shipped: prompts/compare.txt"),
+        ("corpus", opts.corpus or "shipped: corpus/neutral.txt"),
+    ]
     ab = None
     if opts.ab is not None:
         ab = load_ab(opts.ab)
@@ -121,6 +125,7 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
     from .models import DEFAULT_MODEL, load_model
 
     specs = _specs(opts.specs)
+    _check_effect(opts, specs)
     chosen = opts.model or specs[0].model or DEFAULT_MODEL
     err.write(f"loading model {chosen} ({opts.dtype})…\n")
     model = load_model(chosen, dtype=opts.dtype)
@@ -139,6 +144,25 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
             comparison = _record(opts, comparison)
     _emit(opts, comparison, out, err)
     return EXIT_OK
+
+
+def _check_effect(opts: CompareOptions, specs: list[Spec]) -> None:
+    """Refuse an ``--effect`` that no run could produce, before anything runs."""
+    if opts.effect is None:
+        return
+    if opts.effect == "ab":
+        if opts.ab is None:
+            raise UserError("--effect", "--effect ab needs an A/B set", "add --ab FILE")
+        return
+    used = sorted({op.concept for spec in specs for op in spec.constraints})
+    if opts.effect not in used:
+        from .errors import did_you_mean
+
+        raise UserError(
+            "--effect",
+            f"no spec constrains a concept named '{opts.effect}'",
+            did_you_mean(opts.effect, [*used, "ab"]) or f"choose one of: {', '.join([*used, 'ab'])}",
+        )
 
 
 def _record(opts: CompareOptions, comparison: Comparison) -> Comparison:

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import UserError
 from .execute import text_table
 
 if TYPE_CHECKING:
@@ -35,20 +36,27 @@ def _concepts(comparison: Comparison) -> list[str]:
 
 
 def effect_axis(comparison: Comparison, concept: str | None = None) -> tuple[str, list[float]]:
-    """The effect plotted against tax: a concept's readout shift (``concept``, else the first one read),
-    or the A/B shift when no concept was read.  Returns its label and one value per row."""
+    """The effect plotted against tax: the A/B shift (``concept`` None or ``"ab"``, when an A/B set was
+    given), else a concept's readout shift (``concept``, or the first one read).  Returns its label and
+    one value per row."""
     names = _concepts(comparison)
-    if concept is None and names:
+    has_ab = comparison.rows[0].ab is not None
+    if concept == "ab" and not has_ab:
+        raise UserError("--effect", "no A/B set was given, so there is no A/B effect to plot", "add --ab FILE")
+    if concept is None and not has_ab and names:
         concept = names[0]
-    if concept is not None:
+    if concept is not None and concept != "ab":
         if concept not in names:
-            raise ValueError(f"no effect was read for concept {concept!r}; read: {', '.join(names) or 'none'}")
+            raise UserError(
+                "--effect", f"no effect was read for concept '{concept}'", f"read: {', '.join(names) or 'none'}"
+            )
         return (
             f"{concept} shift (calibrated units)",
             [r.effect.get(concept, {}).get("shift", math.nan) for r in comparison.rows],
         )
-    if comparison.rows[0].ab is not None:
-        return "A/B p(match) shift", [r.ab["shift"] if r.ab else math.nan for r in comparison.rows]
+    if has_ab:
+        behavior = comparison.rows[0].ab["behavior"] if comparison.rows[0].ab else ""
+        return f"{behavior} A/B p(match) shift", [r.ab["shift"] if r.ab else math.nan for r in comparison.rows]
     return "no effect measured", [math.nan for _ in comparison.rows]
 
 
@@ -177,7 +185,7 @@ def _binding(comparison: Comparison, path: Path) -> bool:
     lines = [(r, s) for r in comparison.rows[1:] for s in r.load if s["layers"]]
     if not lines:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=120)
     for r, s in lines[:20]:
         layers = sorted({x["layer"] for x in s["layers"]})
         frac = [max(x["binding_fraction"] for x in s["layers"] if x["layer"] == layer) for layer in layers]
@@ -186,7 +194,7 @@ def _binding(comparison: Comparison, path: Path) -> bool:
     ax.set_ylabel("binding (% of selected tokens moved)")
     ax.set_ylim(-2, 102)
     ax.set_title("Binding by layer (generation)")
-    ax.legend(fontsize=6, loc="best")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -199,11 +207,11 @@ def _marginal(comparison: Comparison, path: Path) -> bool:
     bars = [(f"{r.label}: {m['statement']}", m["delta_nll"]) for r in comparison.rows[1:] for m in r.marginal]
     if not bars:
         return False
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.32 * len(bars)), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.32 * len(bars)), dpi=120)
     ax.barh([_clip(b[0], 70) for b in bars], [b[1] for b in bars], color="tab:orange")
     ax.invert_yaxis()
     ax.axvline(0, color="0.5", lw=0.8)
-    ax.set_xlabel("marginal tax: ΔNLL per token removed by leaving the statement out")
+    ax.set_xlabel("ΔNLL per token removed by leaving the statement out")
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title("Marginal tax per statement")
     fig.tight_layout()

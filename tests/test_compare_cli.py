@@ -166,3 +166,15 @@ def test_explain_runs_one_variant_and_asks_for_one_when_a_spec_has_lets(
     assert main(["explain", spec, "--model", model, "--variant", "k=3"]) == 2
     err = capsys.readouterr().err
     assert "--variant: error: let 'k' has no value 3" in err and "0.5 | 2" in err
+
+
+def test_an_effect_axis_no_spec_can_produce_is_refused_before_anything_runs(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "runs.sqlite"
+    assert main([*cdsl(work, str(work / "steer.cdsl"), store=store), "--effect", "bb"]) == 2
+    err = capsys.readouterr().err
+    assert "--effect: error: no spec constrains a concept named 'bb'" in err and "did you mean 'b'" in err
+    assert main([*cdsl(work, str(work / "steer.cdsl"), store=store), "--effect", "ab"]) == 2
+    assert "--effect ab needs an A/B set" in capsys.readouterr().err
+    assert not store.exists()

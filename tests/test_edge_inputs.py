@@ -3,7 +3,8 @@
 Every one must end in a parsed spec or a located :class:`SpecError` (a :class:`UserError` for a file
 that cannot be read), quickly, and the CLI must never show a traceback for any of them.  Inputs that
 could exhaust memory or hang run in a child process with a memory cap and a timeout, so a bug fails
-the test instead of taking the machine down.
+the test instead of taking the machine down.  Time limits are on CPU time (``time.process_time``), so a
+busy machine does not fail them; they catch complexity blow-ups, not slow hardware.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def outcome_in_child(text: str, suffix: str, tmp_path: Path, timeout: float = 20
     code = f"""
         import json, time
         from constraintdsl import SpecError, UserError, parse_file
-        t = time.perf_counter()
+        t = time.process_time()
         try:
             parse_file({str(path)!r})
             kind = "ok"
@@ -100,7 +101,7 @@ def outcome_in_child(text: str, suffix: str, tmp_path: Path, timeout: float = 20
             kind = "UserError"
         except BaseException as e:
             kind = "EXC " + type(e).__name__ + ": " + str(e)[:200]
-        print(json.dumps([kind, time.perf_counter() - t]))
+        print(json.dumps([kind, time.process_time() - t]))
         """
     proc = run_isolated(code, timeout)
     assert proc.returncode == 0, f"child died (rc {proc.returncode}): {proc.stderr[-2000:]}"
@@ -121,9 +122,9 @@ def test_a_one_megabyte_spec_of_valid_statements_parses_within_seconds() -> None
     lines = big_spec_lines()
     text = "\n".join(lines) + "\n"
     assert len(text) >= MB
-    start = time.perf_counter()
+    start = time.process_time()
     spec = parse(text, "big.cdsl")
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert len(spec.constraints) == len(lines) - len(HEADER)
     assert spec.constraints[-1].span.line == len(lines)
     assert elapsed < 10, f"a 1 MB spec took {elapsed:.1f} s to parse"
@@ -132,10 +133,10 @@ def test_a_one_megabyte_spec_of_valid_statements_parses_within_seconds() -> None
 def test_a_one_megabyte_spec_file_loads_from_disk_within_seconds(tmp_path: Path) -> None:
     path = tmp_path / "big.cdsl"
     path.write_text("\n".join(big_spec_lines()) + "\n", encoding="utf-8")
-    start = time.perf_counter()
+    start = time.process_time()
     spec = load(path)
     assert isinstance(spec, Spec)
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
 
 
 def test_a_one_megabyte_spec_with_one_bad_line_reports_exactly_that_line(tmp_path: Path) -> None:
@@ -144,11 +145,11 @@ def test_a_one_megabyte_spec_with_one_bad_line_reports_exactly_that_line(tmp_pat
     lines[bad] = "clamp c7 > 0.3 at layers 10-14"
     path = tmp_path / "big-bad.cdsl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(SpecError) as info:
         parse_file(path)
     rendered = info.value.render()
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert [(d.span.line, d.span.col) for d in info.value.diagnostics] == [(bad + 1, 10)]
     assert f"{path}:{bad + 1}:10: error:" in rendered
     assert "clamp c7 > 0.3 at layers 10-14" in rendered
@@ -170,10 +171,10 @@ def test_a_spec_with_twenty_thousand_bad_lines_reports_them_all_in_linear_time(t
 def test_a_billion_laughs_yaml_is_refused_quickly(tmp_path: Path) -> None:
     path = tmp_path / "laughs.yaml"
     path.write_text(billion_laughs(), encoding="utf-8")
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(SpecError) as info:
         parse_file(path)
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
     diagnostics = info.value.diagnostics
     assert [(d.span.line, d.span.col) for d in diagnostics if "alias" in d.message] == [(3, 10)]
     # The document does start with `version: 1`: no second, spurious error at the top.
@@ -191,10 +192,10 @@ def test_a_billion_laughs_hidden_inside_a_constraint_is_refused_quickly(tmp_path
     )
     path = tmp_path / "laughs-in-constraints.yaml"
     path.write_text(text, encoding="utf-8")
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(SpecError):
         parse_file(path)
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
 
 
 @pytest.mark.parametrize(
@@ -215,10 +216,10 @@ def test_deeply_nested_yaml_is_refused_with_a_spec_error_quickly(shape: str, tex
 def test_a_hundred_thousand_deep_flow_list_is_refused_in_process_too(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text("version: 1\nx: " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(SpecError) as info:
         parse_file(path)
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
     assert "deep" in info.value.diagnostics[0].message
 
 
