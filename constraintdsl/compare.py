@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -52,6 +52,12 @@ DEFAULT_WINDOW = 128
 DEFAULT_PROMPT_TOKENS = 16
 # logits of one corpus pass: arms × rows × window × vocabulary float32s, kept under this many (1.5 GB)
 PASS_LOGIT_BUDGET = 384_000_000
+
+
+class Progress(Protocol):
+    """Receives ``(message, done, total)`` as a comparison goes: passes done of ``total``."""
+
+    def __call__(self, message: str, done: int = 0, total: int = 0) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -242,7 +248,7 @@ def build_arms(
     specs: Sequence[Spec],
     *,
     marginal: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     concepts: Mapping[str, Any] | None = None,
 ) -> tuple[list[Arm], dict[tuple[int, int], int]]:
     """The baseline, every variant of every spec (compiled for ``model``; ``concepts`` as in
@@ -316,25 +322,29 @@ class _Sums:
     telemetry: torch.Tensor | None = None
 
 
+def _windows_per_pass(model: Any, arms: int, width: int) -> int:
+    vocab = int(getattr(model.tokenizer, "vocab_size", 50_000) or 50_000)
+    return max(1, PASS_LOGIT_BUDGET // max(1, arms * width * vocab))
+
+
 def _corpus(
     model: Any,
     arms: Sequence[Arm],
     runs: Sequence[int],
     inputs: Inputs,
     remote: bool | str,
-    tick: Callable[[str], None],
+    tick: Callable[[str, int], None],
 ) -> tuple[list[_Sums], int, float]:
     from .measure import score_corpus
 
     payloads = _payloads(arms, runs)
     rows, width = (int(x) for x in inputs.corpus.shape)
-    vocab = int(getattr(model.tokenizer, "vocab_size", 50_000) or 50_000)
-    per_pass = max(1, PASS_LOGIT_BUDGET // max(1, len(payloads) * width * vocab))
+    per_pass = _windows_per_pass(model, len(payloads), width)
     sums = [_Sums() for _ in runs]
     passes, seconds = 0, 0.0
     for start in range(0, rows, per_pass):
         ids = inputs.corpus[start : start + per_pass]
-        tick(f"corpus windows {start + 1}-{start + len(ids)} of {rows}")
+        tick(f"corpus windows {start + 1}-{start + len(ids)} of {rows}", passes)
         scores, took = score_corpus(
             model, payloads, ids, torch.ones_like(ids), prompt_len=inputs.prompt_tokens, remote=remote
         )
@@ -485,21 +495,30 @@ def compare(
     *,
     marginal: bool = True,
     remote: bool | str = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     concepts: Mapping[str, Any] | None = None,
 ) -> Comparison:
-    """Run the baseline and every spec/variant on ``inputs``, batched; see the module docstring."""
+    """Run the baseline and every spec/variant on ``inputs``, batched; see the module docstring.
+
+    ``progress(message, done, total)`` is called before each pass (``done`` passes of ``total`` so far;
+    ``total`` is 0 while specs are being compiled)."""
     from . import metrics
     from .models import model_identity
     from .runner import generate_variants
 
-    tick = progress or (lambda _: None)
+    report = progress or (lambda message, done=0, total=0: None)
     started = time.perf_counter()
-    arms, drops = build_arms(model, specs, marginal=marginal, progress=tick, concepts=concepts)
+    arms, drops = build_arms(model, specs, marginal=marginal, progress=report, concepts=concepts)
     main = [i for i, a in enumerate(arms) if a.main and a.spec is not None]
     runs, of = _unique(arms)
     seconds: dict[str, float] = {}
     passes: dict[str, int] = {}
+    n_windows, width = (int(x) for x in inputs.corpus.shape)
+    n_corpus = -(-n_windows // _windows_per_pass(model, len(runs), width))
+    total = n_corpus + (inputs.ab is not None) + 2
+
+    def tick(message: str, done: int = 0) -> None:
+        report(message, done, total)
 
     sums, passes["corpus"], seconds["corpus"] = _corpus(model, arms, runs, inputs, remote, tick)
 
@@ -507,14 +526,17 @@ def compare(
     if inputs.ab is not None:
         from .measure import score_answers
 
-        tick(f"A/B set: {len(inputs.ab.items)} items")
+        tick(f"A/B set: {len(inputs.ab.items)} items", n_corpus)
         ids, mask, answer, plen = _ab_rows(model.tokenizer, inputs.ab)
         payloads = _payloads(arms, [0, *main])
         scores, seconds["ab"] = score_answers(model, payloads, ids, mask, answer, plen, remote=remote)
         ab_lp = [s.logprob for s in scores]
         passes["ab"] = 1
 
-    tick(f"generating {inputs.max_new_tokens} tokens for {len(inputs.prompts)} prompt(s) × {len(main) + 1} arms")
+    tick(
+        f"generating {inputs.max_new_tokens} tokens for {len(inputs.prompts)} prompt(s) × {len(main) + 1} arms",
+        total - 2,
+    )
     gens = generate_variants(
         model,
         _payloads(arms, [0, *main]),
@@ -525,7 +547,7 @@ def compare(
     seconds["generate"] = gens[0].seconds
     passes["generate"] = 1
 
-    tick("reading concepts on the generated text")
+    tick("reading concepts on the generated text", total - 1)
     t0 = time.perf_counter()
     effects, passes["readout"] = _effects(model, arms, main, gens, remote)
     seconds["readout"] = time.perf_counter() - t0
@@ -589,6 +611,7 @@ def compare(
                     }
                 )
         rows.append(row)
+    report("done", total, total)
     seconds["total"] = time.perf_counter() - started
     ident = model_identity(model)
     return Comparison(

@@ -65,12 +65,26 @@ class CompareOptions:
     host: str | None = None
 
 
-def _progress(err: TextIO) -> Any:
-    def tick(message: str) -> None:
-        err.write(f"  {message}\n")
-        err.flush()
+class _Bar:
+    """A progress bar over a comparison's passes on ``err`` (compile messages before it as plain lines)."""
 
-    return tick
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+        self.bar: Any = None
+
+    def __call__(self, message: str, done: int = 0, total: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        if total == 0:
+            self.err.write(f"  {message}\n")
+            self.err.flush()
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, file=self.err, unit="pass", dynamic_ncols=True, leave=True)
+        self.bar.set_description_str(message[:60])
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
 
 
 def _inputs(opts: CompareOptions, tokenizer: Any) -> Inputs:
@@ -139,7 +153,7 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
         comparison = _from_store(opts, specs, model, inputs)
     else:
         target: bool | str = (opts.host or True) if opts.remote or opts.host else False
-        comparison = compare(model, specs, inputs, marginal=opts.marginal, remote=target, progress=_progress(err))
+        comparison = compare(model, specs, inputs, marginal=opts.marginal, remote=target, progress=_Bar(err))
         if opts.record:
             comparison = _record(opts, comparison)
     _emit(opts, comparison, out, err)

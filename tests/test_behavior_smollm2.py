@@ -90,7 +90,7 @@ def test_a_higher_sentiment_floor_costs_more_tax_and_moves_text_further(model: A
     docs = read_corpus(str(ROOT / "specs" / "corpus" / "neutral.txt"))
     windows, total = corpus_windows(model.tokenizer, docs, max_tokens=256)
     inputs = Inputs(tuple(PROMPTS[:6]), windows, total, max_new_tokens=16)
-    base, low, high = compare(model, [spec], inputs, marginal=False).rows
+    _, low, high = compare(model, [spec], inputs, marginal=False).rows
     assert [low.variant, high.variant] == ["floor=0.5", "floor=2"]
     assert 0 < low.tax["kl"] < high.tax["kl"]
     assert low.tax["delta_nll"] < high.tax["delta_nll"]
