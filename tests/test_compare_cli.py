@@ -4,16 +4,14 @@ folder, the run store and ``--from-store``, and located errors for bad inputs.""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from constraintdsl.artifacts import PERCENTILE_LEVELS, save_artifact
 from constraintdsl.cli import main
-from constraintdsl.models import load_model, model_identity
-from tests.test_compiler import artifact
+from constraintdsl.models import load_model
+from tests.test_compare import write_concepts
 from tests.tiny import tiny_hf, tiny_tokenizer
 
 CORPUS = """The cat sat on the mat and looked out of the window at the rain.
@@ -43,23 +41,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = root / "tiny"
     tiny_hf("llama").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
-    ident = model_identity(load_model(str(folder)))
-    for name, seed in (("a", 1), ("b", 2)):
-        meta = {
-            "format": "1",
-            "concept": name,
-            "model_id": ident.id,
-            "model_revision": ident.revision,
-            "architecture": ident.architecture,
-            "hidden_size": str(ident.hidden_size),
-            "site": "resid",
-            "method": "mean",
-            "dataset_sha256": "0" * 64,
-            "token_selection": "plain",
-            "percentile_levels": json.dumps(list(PERCENTILE_LEVELS)),
-            "tool_version": "0.1.0",
-        }
-        save_artifact(replace(artifact(seed=seed), metadata=meta), root / f"{name}.safetensors")
+    write_concepts(load_model(str(folder)), root)
     head = 'version 1\nconcept a from file "a.safetensors"\nconcept b from file "b.safetensors"\n'
     (root / "sweep.cdsl").write_text(
         head + 'name "sweep"\nlet k = 0.5 | 2\nscale a by $k at layers 1-2\nclamp b >= 0.2 at layer 1\n'
