@@ -93,7 +93,7 @@ def main() -> None:
 
     model = load_model(args.model)
     if args.device:
-        model.to(args.device)
+        model._module.to(args.device)
     levels = " | ".join(f"{0.25 * (i + 1):g}" for i in range(args.variants))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.cdsl"

@@ -53,18 +53,23 @@ clamp formality <= 0.8 at layers 10-14
 
 
 def median_ms(fn: Callable[[], Any], rounds: list[float]) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     rounds.append((time.perf_counter() - t0) * 1000)
 
 
-def site_groups(plan: Any) -> dict[int, tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
-    """Per layer: the prepared group and the static lo/hi rows, taken from the compiled plan."""
+def site_groups(plan: Any, device: torch.device) -> dict[int, tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
+    """Per layer: the prepared group and the static lo/hi rows, taken from the compiled plan, on ``device``."""
     out = {}
     for site in plan.payload["sites"]:
         ((_, group),) = site["groups"]
-        lo = torch.tensor([b["lo"] for b in site["bounds"]], dtype=torch.float32)
-        hi = torch.tensor([b["hi"] for b in site["bounds"]], dtype=torch.float32)
+        group = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in group.items()}
+        lo = torch.tensor([b["lo"] for b in site["bounds"]], dtype=torch.float32, device=device)
+        hi = torch.tensor([b["hi"] for b in site["bounds"]], dtype=torch.float32, device=device)
         out[site["layer"]] = (group, lo, hi)
     return out
 
@@ -128,7 +133,7 @@ def measure(
     include_generate: bool = True,
 ) -> dict[str, float]:
     hf = model._module
-    groups = site_groups(plan)
+    groups = site_groups(plan, next(hf.parameters()).device)
     pad = model.tokenizer.pad_token_id
     times: dict[str, list[float]] = {}
 
@@ -220,20 +225,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
+    parser.add_argument("--model", default="smollm2", help="smollm2, or a local folder of the same architecture")
+    parser.add_argument("--device", default="cpu", help="run on this device (e.g. cuda); concepts are built first")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = cdsl.load_model("smollm2")
+    model = cdsl.load_model(args.model)
     spec = cdsl.parse(SPEC, str(Path(__file__).resolve()))
     plan = cdsl.compile(spec, model, progress=False)
     words = "the quick brown fox jumps over the lazy dog while the cat sleeps " * 8
     enc = dict(model.tokenizer([words] * 8, return_tensors="pt", truncation=True, max_length=64, padding=True))
     gen_enc = runner.encode(model, ["Describe your weekend in two sentences."])
+    model._module.to(args.device)
+    enc, gen_enc = runner.on_device(model, enc), runner.on_device(model, gen_enc)
     big = measure(model, plan, enc, gen_enc, args.rounds, args.new_tokens)
 
     global LAYERS
     LAYERS = (0, 1, 2)
     tiny_model, tiny_plan, tiny_enc = tiny_setup()
+    tiny_model._module.to(args.device)
+    tiny_enc = runner.on_device(tiny_model, tiny_enc)
     tiny = measure(tiny_model, tiny_plan, tiny_enc, tiny_enc, args.rounds * 3, 8, include_generate=False)
 
     print(f"{'variant':<30} {'SmolLM2 ms':>12} {'× plain':>9}")
@@ -243,7 +254,7 @@ def main() -> None:
             ms = big[f"{kind}/{name}"]
             print(f"{kind + '/' + name:<30} {ms:>12.2f} {ms / base:>9.3f}")
     print(f"{'tiny forward (ms)':<30} " + "  ".join(f"{k.split('/')[1]}={v:.2f}" for k, v in tiny.items()))
-    result = {
+    result: dict[str, Any] = {
         "forward_ratio_vs_plain": big["forward/compiled"] / big["forward/plain"],
         "generate_ratio_vs_plain": big["generate/compiled"] / big["generate/plain"],
         "forward_ratio_vs_handwritten": big["forward/compiled"] / big["forward/handwritten"],
@@ -253,7 +264,7 @@ def main() -> None:
         "generate_ratio_vs_plain_with_telemetry": big["generate/compiled+telemetry"] / big["generate/plain"],
         "hooks_forward_ratio_vs_plain": big["forward/hooks"] / big["forward/plain"],
     }
-    print(json.dumps({k: round(v, 4) for k, v in result.items()}))
+    print(json.dumps({"device": args.device, **{k: round(v, 4) for k, v in result.items()}}))
 
 
 if __name__ == "__main__":

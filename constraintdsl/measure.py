@@ -22,7 +22,7 @@ import nnsight
 import torch
 
 from . import runtime, scoring
-from .runner import run_backend
+from .runner import on_device, run_backend
 from .sites import arch_sites, hf_module, unembed_module
 
 __all__ = ["AnswerScore", "CorpusScore", "Read", "project_rows", "score_answers", "score_corpus"]
@@ -119,7 +119,8 @@ def score_corpus(
     head = _module_path(model, unembed_module(model))
     backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
     started = time.perf_counter()
-    outs = _run_corpus(model, {"input_ids": ids, "attention_mask": mask}, list(payloads), states, head, backend)
+    enc = on_device(model, {"input_ids": ids, "attention_mask": mask})
+    outs = _run_corpus(model, enc, list(payloads), states, head, backend)
     seconds = time.perf_counter() - started
     if outs is None:
         raise RuntimeError("the corpus pass returned no result")
@@ -188,7 +189,9 @@ def score_answers(
     records, states = _states(model, payloads, telemetry, prompt_len)
     backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
     started = time.perf_counter()
-    outs = _run_answers(model, {"input_ids": ids, "attention_mask": mask}, answer_mask, list(payloads), states, backend)
+    enc = on_device(model, {"input_ids": ids, "attention_mask": mask, "answer": answer_mask})
+    answer = enc.pop("answer")
+    outs = _run_answers(model, enc, answer, list(payloads), states, backend)
     seconds = time.perf_counter() - started
     if outs is None:
         raise RuntimeError("the answer pass returned no result")
@@ -240,7 +243,8 @@ def project_rows(
     paths = [f"{layers}.{r.layer}" + ("" if r.site == "resid" else "." + _sublayer(model, r.site)) for r in reads]
     directions = [r.directions.to(torch.float32) for r in reads]
     backend = run_backend(model, [None], remote, timeout=timeout, progress=progress, given=backend)
-    outs = _run_project(model, {"input_ids": ids, "attention_mask": mask}, select, paths, directions, backend)
+    enc = on_device(model, {"input_ids": ids, "attention_mask": mask})
+    outs = _run_project(model, enc, select, paths, directions, backend)
     if outs is None:
         raise RuntimeError("the readout pass returned no result")
     return [o.detach().cpu() for o in outs]

@@ -33,6 +33,7 @@ __all__ = [
     "generate_variants",
     "install",
     "installed",
+    "on_device",
     "run_backend",
     "submit",
     "trace",
@@ -71,8 +72,10 @@ class GenerateResult:
 
 @dataclass(frozen=True)
 class TraceResult:
-    """What :func:`trace` returns: ``logits`` [B, T, V] of one forward pass over left-padded inputs
-    (``attention_mask`` says which columns are real), and telemetry as in :class:`GenerateResult`."""
+    """What :func:`trace` returns: ``logits`` [B, T, V] of one forward pass over left-padded inputs, left
+    on the model's device (``.cpu()`` them as needed: for a large vocabulary the copy can cost more than
+    the forward pass); ``attention_mask`` says which columns are real; telemetry as in
+    :class:`GenerateResult`."""
 
     logits: torch.Tensor
     attention_mask: torch.Tensor
@@ -121,14 +124,30 @@ def encode(model: Any, prompts: Prompt | Sequence[Prompt], *, chat: bool = True)
 
 
 def _as_inputs(model: Any, inputs: Any, chat: bool) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` on the model's device (nnsight passes tensors as given)."""
     if isinstance(inputs, Mapping):
         ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids) if mask is None else mask}
-    if isinstance(inputs, torch.Tensor):
+        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids) if mask is None else mask}
+    elif isinstance(inputs, torch.Tensor):
         ids = inputs if inputs.dim() == 2 else inputs[None]
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    return encode(model, inputs, chat=chat)
+        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    else:
+        enc = encode(model, inputs, chat=chat)
+    return on_device(model, enc)
+
+
+def on_device(model: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` moved to the device of ``model``'s first parameter (unchanged for a meta or
+    unknown device, e.g. a model built lazily for a remote run)."""
+    module = getattr(model, "__dict__", {}).get("_module", model)
+    try:
+        device = next(module.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return tensors
+    if device.type == "meta":
+        return tensors
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 def generate(
@@ -337,7 +356,7 @@ def _split_generate(
     teles: Sequence[torch.Tensor | None],
     seconds: float,
 ) -> list[GenerateResult]:
-    prompt_ids = enc["input_ids"]
+    prompt_ids = enc["input_ids"].cpu()
     rows, width = int(prompt_ids.shape[0]), int(prompt_ids.shape[1])
     new_ids = new_ids.cpu()
     results = []
@@ -350,7 +369,7 @@ def _split_generate(
                 texts=texts,
                 ids=ids,
                 prompt_width=width,
-                attention_mask=enc["attention_mask"],
+                attention_mask=enc["attention_mask"].cpu(),
                 telemetry=tele.detach().cpu() if record and tele is not None else None,
                 seconds=seconds,
             )
@@ -460,8 +479,8 @@ def _split_trace(
         tele = teles[index]
         results.append(
             TraceResult(
-                logits=outs[index].detach().cpu(),
-                attention_mask=enc["attention_mask"],
+                logits=outs[index].detach(),
+                attention_mask=enc["attention_mask"].cpu(),
                 telemetry=tele.detach().cpu() if record and tele is not None else None,
                 seconds=seconds,
             )

@@ -39,8 +39,11 @@ def model() -> Any:
 
 @pytest.fixture(scope="module")
 def concept_dir(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two calibrated concept files for the tiny model, with the metadata a built artifact carries."""
-    folder = tmp_path_factory.mktemp("concepts")
+    return write_concepts(model, tmp_path_factory.mktemp("concepts"))
+
+
+def write_concepts(model: Any, folder: Path) -> Path:
+    """Two calibrated concept files ``a`` and ``b`` for ``model``, with the metadata a built artifact carries."""
     ident = model_identity(model)
     for name, seed in (("a", 1), ("b", 2)):
         art = artifact(seed=seed)
