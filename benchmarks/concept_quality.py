@@ -1,9 +1,12 @@
 """Regenerate the quality table of docs/concepts.md: best layer and held-out AUROC per shipped concept.
 
-    python benchmarks/concept_quality.py [--model smollm2] [--method mean] [--no-cache]
+    python benchmarks/concept_quality.py [--model smollm2] [--method mean] [--no-cache] [--threads 1]
 
 Builds (or reuses from the concept cache) every ``specs/data/*.yaml`` concept at all layers of the residual
-stream and prints a Markdown table.
+stream and prints a Markdown table.  AUROC is on each dataset's held-out ``test`` split; the percentiles
+(not shown) come from the same split.  ``build s`` is 0 for a concept reused from the cache; torch runs one
+intra-op thread by default, because on a shared machine a busy neighbour makes every thread barrier wait and
+build times swing by 10x or more (``--threads 0`` keeps torch's default).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from constraintdsl.artifacts import build_concept
 from constraintdsl.concepts import recommended_layers
@@ -26,7 +30,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--method", default="mean", choices=["mean", "pca"])
     parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     model = load_model(args.model)
     rows = []

@@ -4,18 +4,22 @@
 
 Measures, in one run, on the same tokens and batches:
 
-- ``throughput_ratio_vs_forward``: dataset tokens per second of a full extraction (``extract``, all layers,
-  both passes) over tokens per second of a plain forward (``model(**inputs)``, logits included) over the same
-  sequences once.  Extraction makes two passes (pass 1: train split, directions; pass 2: both splits,
-  projections for calibration), so this end-to-end ratio is bounded by
-  ``all tokens / (train tokens + all tokens)``; ``per_pass_throughput_ratio`` divides by the tokens the
-  extraction actually forwarded instead, i.e. the per-forward overhead of reading activations.
+- ``throughput_ratio_vs_forward``: dataset tokens per second of a full extraction (``extract``, all layers)
+  over tokens per second of a plain forward (``model(**inputs)``, logits included) over the same sequences
+  once.  With a test split extraction forwards every sequence once (train: directions and streaming sums;
+  test: projections for percentiles and AUROC), so this is also the per-forwarded-token ratio; a dataset
+  without a test split forwards its train split twice.  ``per_pass_throughput_ratio`` divides by the
+  tokens the extraction actually forwarded (equal to the end-to-end ratio when ``passes`` is 1).
+- ``second_moment_cost_share``: the share of the extraction's time spent folding the train split into the
+  exact-std ``H x H`` sums (timed on the same activations with and without them; null without a test split,
+  where extraction does not compute them).
 - ``early_stop_cost_ratio``: extraction cost with the deepest layer ``L`` over ``L/N`` of the cost with all
   ``N`` layers (1.0 means cost exactly proportional to depth).
 - ``rss_growth_10x``: (peak RSS of a process while extracting 10x the pairs) / (the same for 1x) - 1, each
   in a fresh subprocess, the peak mark reset after loading the model (so loading's own transient peak does
   not hide extraction's); ``extraction_rss_growth_10x_mb`` is the growth of extraction's memory above the
-  loaded model.
+  loaded model.  The 1x dataset has ``--rss-pairs`` train pairs and as many test pairs (by default one
+  full batch of each).
 
 Repeats are interleaved (forward, extraction, early, full, then the reverse order) and each variant's
 fastest repeat is used: on a shared machine other processes only ever add time, so the minimum is the
@@ -39,7 +43,7 @@ from typing import Any
 
 import torch
 
-from constraintdsl.concepts import _batches, _tensors, encode_pairs, extract
+from constraintdsl.concepts import EncodedItem, _batches, _run, _tensors, _TrainSums, encode_pairs, extract
 from constraintdsl.models import load_model
 from constraintdsl.pairs import Pair, PairSet, load_pairs
 
@@ -62,8 +66,9 @@ def _reset_peak() -> None:
 
 
 def _scaled(pairs: PairSet, count: int, times: int) -> PairSet:
-    """The first ``count`` pairs, repeated ``times`` times with a distinct suffix (no two rows equal)."""
-    base = pairs.pairs[:count]
+    """The first ``count`` pairs of each split, repeated ``times`` times with a distinct suffix (no two rows equal)."""
+    base = [pair for pair in pairs.pairs if pair.split == "train"][:count]
+    base += [pair for pair in pairs.pairs if pair.split == "test"][:count]
     out: list[Pair] = []
     for k in range(times):
         for pair in base:
@@ -114,12 +119,55 @@ def _extraction(model: Any, pairs: PairSet, layers: list[int] | None = None) -> 
     return time.perf_counter() - start
 
 
+class _Collect:
+    """A sink for ``_run`` that keeps each layer's counted-token activations of the last batch."""
+
+    def __init__(self) -> None:
+        self.acts: list[torch.Tensor] = []
+
+    def begin(self, batch: list[EncodedItem], device: torch.device) -> None:
+        self.acts = []
+
+    def layer(self, row: int, acts: torch.Tensor) -> None:
+        self.acts.append(acts)
+
+    def end(self) -> None:
+        pass
+
+
+def _second_moment_seconds(model: Any, pairs: PairSet, repeats: int) -> float:
+    """Fastest time to fold the train split's activations into the sums with the H x H moment, minus without."""
+    items = [item for item in encode_pairs(model.tokenizer, pairs) if item.split == "train"]
+    layers = list(range(int(model._module.config.num_hidden_layers)))
+    pad = int(model.tokenizer.pad_token_id or 0)
+    recorded: list[tuple[list[EncodedItem], list[torch.Tensor]]] = []
+    with torch.no_grad():
+        for batch in _batches(items, BATCH):
+            collect = _Collect()
+            _run(model, layers, "resid", batch, pad, collect)
+            recorded.append((batch, collect.acts))
+    best: dict[bool, float] = {}
+    for _ in range(repeats):
+        for moment in (True, False):
+            sums = _TrainSums(len(layers), pca=False, second_moment=moment)
+            start = time.perf_counter()
+            for batch, acts in recorded:
+                sums.begin(batch, acts[0].device)
+                for row, layer_acts in enumerate(acts):
+                    sums.layer(row, layer_acts)
+                sums.end()
+            best[moment] = min(best.get(moment, float("inf")), time.perf_counter() - start)
+    return best[True] - best[False]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--pairs", default=str(ROOT / "specs" / "data" / "sentiment.yaml"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--early-layer", type=int, default=10, help="L: number of layers run when stopping early")
-    parser.add_argument("--rss-pairs", type=int, default=8, help="pairs in the 1x dataset of the RSS test")
+    parser.add_argument(
+        "--rss-pairs", type=int, default=8, help="train (and as many test) pairs in the 1x dataset of the RSS test"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: stable timings on a shared machine)"
     )
@@ -137,7 +185,8 @@ def main() -> None:
     items = encode_pairs(model.tokenizer, pairs)
     all_tokens = sum(len(item.ids) for item in items)
     train_tokens = sum(len(item.ids) for item in items if item.split == "train")
-    forwarded = all_tokens + train_tokens  # pass 1 (train) + pass 2 (all)
+    passes = 1 if pairs.test else 2
+    forwarded = all_tokens if pairs.test else 2 * train_tokens
 
     _plain_forward(model, pairs)  # warm-up
     _extraction(model, pairs, [0])
@@ -166,6 +215,9 @@ def main() -> None:
     cpu_ratio = cpu_med["fwd"] / cpu_med["ext"]
     cpu_early = cpu_med["early"] / (cpu_med["full"] * args.early_layer / n_layers)
 
+    # Without a test split extraction projects the train tokens in a second pass and skips the H x H sums.
+    moment_share = _second_moment_seconds(model, pairs, args.repeats) / t_ext if pairs.test else None
+
     one = _rss(args.pairs, args.rss_pairs, 1)
     ten = _rss(args.pairs, args.rss_pairs, 10)
     growth = ten["peak_mb"] / one["peak_mb"] - 1
@@ -177,9 +229,16 @@ def main() -> None:
         ("model / threads", f"smollm2 float32, {n_layers} layers, torch threads {torch.get_num_threads()}"),
         ("repeats", f"{args.repeats}, interleaved; best (median) wall seconds"),
         ("plain forward (logits)", f"{t_fwd:.2f} s ({med['fwd']:.2f})  {fwd_tps:.0f} tok/s"),
-        ("extraction, all layers", f"{t_ext:.2f} s ({med['ext']:.2f})  {ext_tps:.0f} dataset tok/s, 2 passes"),
+        (
+            "extraction, all layers",
+            f"{t_ext:.2f} s ({med['ext']:.2f})  {ext_tps:.0f} dataset tok/s, {passes} pass(es) per sequence",
+        ),
         ("throughput ratio", f"{ratio:.3f} end-to-end; {per_pass:.3f} per forwarded token"),
         ("  by CPU time (median)", f"{cpu_ratio:.3f} end-to-end"),
+        (
+            "exact-std H x H sums",
+            "not computed (no test split)" if moment_share is None else f"{moment_share * 100:.1f}% of the time",
+        ),
         (
             f"early stop L={args.early_layer}/{n_layers}",
             f"{t_early:.2f} s ({med['early']:.2f}) vs all layers {t_full:.2f} s ({med['full']:.2f})",
@@ -204,7 +263,8 @@ def main() -> None:
             {
                 "throughput_ratio_vs_forward": round(ratio, 4),
                 "per_pass_throughput_ratio": round(per_pass, 4),
-                "passes": 2,
+                "passes": passes,
+                "second_moment_cost_share": None if moment_share is None else round(moment_share, 4),
                 "early_stop_cost_ratio": round(early_ratio, 4),
                 "early_stop_layers": [args.early_layer, n_layers],
                 "rss_growth_10x": round(growth, 4),

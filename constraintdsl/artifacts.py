@@ -7,15 +7,19 @@ tensor                    shape/dtype  meaning
 ========================  ===========  ======================================================
 ``directions``            [L, H] f32   unit direction per layer
 ``layers``                [L] i64      absolute (0-based) layer index of each row
-``pos_mean``/``neg_mean`` [L] f32      mean projection of the positive / negative pole's tokens
+``pos_mean``/``neg_mean`` [L] f32      mean projection of the positive / negative pole's train tokens
 ``scale``                 [L] f32      ``pos_mean - neg_mean``: one calibrated unit in raw units
 ``mean``/``std``          [L] f32      mean and standard deviation of all train token projections
-``percentiles``           [L, 9] f32   percentiles (levels in metadata) of the train token projections
+``percentiles``           [L, 9] f32   percentiles (levels in metadata) of the token projections of the
+                                       split named by metadata ``calibration_split``: ``test`` (held
+                                       out, both poles) or, for a dataset without one, ``train``
 ``auroc``                 [L] f32      held-out AUROC of per-example mean projections (NaN: no test split)
 ========================  ===========  ======================================================
 
 String metadata (the safetensors header's ``__metadata__``) records the model id and revision, hidden size,
-architecture, site, method, dataset sha256, concept name, token selection, percentile levels and tool version.
+architecture, site, method, dataset sha256, concept name, token selection, percentile levels, calibration
+split and tool version.  An artifact without ``calibration_split`` (written before it existed) has train
+percentiles.
 
 A ``.npy`` file holding one raw vector ``[H]`` is accepted too; it carries no calibration, so only raw units
 can be used with it.  Nothing else is loaded: a concept file can never run code (no pickle, no
@@ -80,7 +84,8 @@ REQUIRED_METADATA: tuple[str, ...] = (
     "tool_version",
 )
 # Part of the cache key: bump when extraction or calibration semantics change, so stale cache entries are not reused.
-EXTRACTION_REVISION = "1"
+# 2: percentiles from the held-out split's projections (one forward per sequence); 1: from the train split's.
+EXTRACTION_REVISION = "2"
 _NORM_TOLERANCE = 1e-3
 _SUFFIXES_REFUSED = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib")
 

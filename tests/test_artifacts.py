@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from constraintdsl import artifacts
 from constraintdsl.artifacts import (
     PERCENTILE_LEVELS,
     REQUIRED_METADATA,
@@ -339,6 +340,25 @@ def test_a_second_build_reuses_the_cache_without_running_the_model(
     pairs.write_text(PAIRS.replace("I love it.", "I adore it."))
     fourth = build_concept(pairs, model, progress=False)
     assert fourth.path not in (first.path, third.path)
+
+
+def test_an_entry_cached_under_an_older_extraction_revision_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSTRAINTDSL_CACHE", str(tmp_path / "cache"))
+    pairs = tmp_path / "tone.yaml"
+    pairs.write_text(PAIRS)
+    model = tiny_nnsight("llama")
+    calls = []
+    model._module.model.embed_tokens.register_forward_hook(lambda *_: calls.append(1))
+    current = artifacts.EXTRACTION_REVISION
+    with monkeypatch.context() as patch:
+        patch.setattr(artifacts, "EXTRACTION_REVISION", "1")
+        stale = build_concept(pairs, model, progress=False)
+    ran = len(calls)
+    fresh = build_concept(pairs, model, progress=False)
+    assert current != "1" and len(calls) > ran  # extracted again, not loaded
+    assert fresh.path != stale.path
 
 
 def test_a_corrupt_cache_entry_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,8 +113,13 @@ def raw_activations(model: Any, ids: list[int], layers: list[int], site: str) ->
 
 
 def reference(model: Any, pairs: PairSet, layers: list[int], site: str, method: str) -> dict[str, np.ndarray]:
-    """Directions and calibration computed directly in numpy from every counted token's activation."""
+    """Directions and calibration computed directly in numpy from every counted token's activation.
+
+    Pole means, mean and std are over the train split's tokens; percentiles over the test split's tokens (both
+    poles), or over the train split's when there is no test split; AUROC over test examples' mean projections.
+    """
     items = encode_pairs(model.tokenizer, pairs)
+    calibration_split = "test" if any(it.split == "test" for it in items) else "train"
     acts = [raw_activations(model, list(it.ids), layers, site) for it in items]
     out: dict[str, list[Any]] = {k: [] for k in ("dir", "pos", "neg", "mean", "std", "pct", "auc")}
     for layer in layers:
@@ -133,12 +140,30 @@ def reference(model: Any, pairs: PairSet, layers: list[int], site: str, method: 
         out["neg"].append((neg @ u).mean())
         out["mean"].append(both.mean())
         out["std"].append(both.std())
-        out["pct"].append(np.percentile(both, PERCENTILE_LEVELS))
+        held = np.concatenate([v @ u for (s, _, _), v in tok.items() if s == calibration_split])
+        out["pct"].append(np.percentile(held, PERCENTILE_LEVELS))
         test_pos = [(v @ u).mean() for (s, p, _), v in tok.items() if s == "test" and p == 1]
         test_neg = [(v @ u).mean() for (s, p, _), v in tok.items() if s == "test" and p == -1]
         wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in itertools.product(test_pos, test_neg)]
-        out["auc"].append(np.mean(wins))
+        out["auc"].append(np.mean(wins) if wins else np.nan)
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def counting_forwards(model: Any) -> Iterator[Counter[tuple[int, ...]]]:
+    """How many times the torch module runs on each sequence (padding stripped with the attention mask)."""
+    seen: Counter[tuple[int, ...]] = Counter()
+
+    def hook(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        for row, keep in zip(ids.tolist(), kwargs["attention_mask"].bool().tolist(), strict=True):
+            seen[tuple(i for i, k in zip(row, keep, strict=True) if k)] += 1
+
+    handle = model._module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def assert_matches(art: ConceptArtifact, ref: dict[str, np.ndarray], tol: float = 1e-5) -> None:
@@ -256,6 +281,32 @@ def test_auroc_uses_the_rank_formula_with_ties_counted_as_half() -> None:
         brute = np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg])
         assert auroc(pos, neg) == pytest.approx(brute)
     assert np.isnan(auroc(np.array([]), np.array([1.0])))
+
+
+@pytest.mark.parametrize("method", ["mean", "pca"])
+def test_with_a_test_split_every_sequence_is_forwarded_exactly_once(plain: PairSet, method: str) -> None:
+    model = tiny_nnsight("llama")
+    items = encode_pairs(model.tokenizer, plain)
+    assert len({it.ids for it in items}) == len(items) == 16
+    with counting_forwards(model) as seen:
+        art = extract(model, plain, method=method, batch_size=3, progress=False)
+    assert seen == Counter(it.ids for it in items)
+    assert art.metadata["calibration_split"] == "test"
+
+
+@pytest.mark.parametrize("method", ["mean", "pca"])
+def test_without_a_test_split_a_second_train_pass_gives_the_percentiles(tmp_path: Path, method: str) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(PLAIN.replace("    split: test\n", ""))
+    pairs = load_pairs(path)
+    model = tiny_nnsight("llama")
+    items = encode_pairs(model.tokenizer, pairs)
+    assert not pairs.test and all(it.split == "train" for it in items)
+    with counting_forwards(model) as seen:
+        art = extract(model, pairs, method=method, batch_size=4, progress=False)
+    assert seen == Counter({it.ids: 2 for it in items})
+    assert art.metadata["calibration_split"] == "train"
+    assert_matches(art, reference(model, pairs, [0, 1, 2], "resid", method))
 
 
 def test_without_a_test_split_auroc_is_nan_and_layers_rank_by_separation(tmp_path: Path) -> None:
