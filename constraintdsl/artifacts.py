@@ -584,12 +584,16 @@ def build_concept(
     progress: bool = True,
     span: Span | None = None,
     pairs: PairSet | None = None,
+    remote: bool | str = False,
+    timeout: float | None = None,
 ) -> ConceptArtifact:
     """Extract a concept from a pair dataset, or reuse the cached artifact with the same content key.
 
     The key covers the model id, revision and dtype, the site, method, dataset bytes, layers and tool
     version; the artifact is stored at :func:`cache_path` and returned with its ``path`` set.
     ``use_cache=False`` always extracts; ``write_cache`` (default: ``use_cache``) stores the result.
+    ``remote`` / ``timeout``: extract on NDIF (see :func:`constraintdsl.concepts.extract`); the result fills
+    the same cache entry, as it equals a local extraction.
     """
     from constraintdsl.concepts import extract
     from constraintdsl.pairs import load_pairs
@@ -603,7 +607,15 @@ def build_concept(
         except UserError:
             target.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt, not trusted
     artifact = extract(
-        model, pair_set, layers=chosen, site=site, method=method, batch_size=batch_size, progress=progress
+        model,
+        pair_set,
+        layers=chosen,
+        site=site,
+        method=method,
+        batch_size=batch_size,
+        progress=progress,
+        remote=remote,
+        timeout=timeout,
     )
     if not (use_cache if write_cache is None else write_cache):
         return artifact

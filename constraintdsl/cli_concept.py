@@ -93,8 +93,22 @@ def build(
     dtype: Annotated[Dtype, typer.Option("--dtype", help="model dtype for the forward passes")] = Dtype.float32,
     batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per forward pass")] = 16,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote", help="extract on NDIF (host: --host, NDIF_HOST or nnsight's config; key: NDIF_API_KEY)"
+        ),
+    ] = False,
+    host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0.1, help="seconds to wait for each remote request")
+    ] = None,
 ) -> None:
-    """Extract and calibrate a concept; print the per-layer table; write the artifact (atomically)."""
+    """Extract and calibrate a concept; print the per-layer table; write the artifact (atomically).
+
+    With --remote every forward pass runs on NDIF (one request per batch) and only per-batch sums and
+    per-token projections come back; the artifact equals a local build and shares its cache entry.
+    """
     from constraintdsl.artifacts import (
         artifact_hash,
         build_concept,
@@ -124,6 +138,8 @@ def build(
         write_cache=output is None,
         batch_size=batch_size,
         progress=progress,
+        remote=(host or True) if remote or host else False,
+        timeout=timeout,
     )
     where = save_artifact(artifact, output) if output is not None else Path(str(artifact.path))
     console = _console()

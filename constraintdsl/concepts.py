@@ -34,6 +34,10 @@ std) then come from the train projections, AUROC is NaN, and ``calibration_split
 
 Each forward stops right after the deepest layer needed.  A batch's partial sums are formed in float32 (one
 matrix product per layer) and accumulated across batches in float64; projections are computed in float64.
+
+Inside the trace each layer is reduced by :mod:`constraintdsl.extraction` (torch only); only those reductions
+leave the trace.  With ``remote`` the same trace runs on an NDIF server, one request per batch, and the module
+travels by value, so a remote extraction equals a local one by construction.
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+import nnsight
 import numpy as np
 import torch
 
+from constraintdsl import extraction
 from constraintdsl.artifacts import (
     FORMAT_VERSION,
     PERCENTILE_LEVELS,
@@ -55,7 +61,8 @@ from constraintdsl.artifacts import (
 )
 from constraintdsl.errors import SpecError, UserError
 from constraintdsl.pairs import PairSet
-from constraintdsl.sites import SITES, as_bth, num_layers, site_module
+from constraintdsl.runner import on_device, run_backend
+from constraintdsl.sites import SITES, arch_sites, num_layers
 
 __all__ = [
     "METHODS",
@@ -103,11 +110,13 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
-def _torch_module(model: Any) -> torch.nn.Module:
+def _device(model: Any) -> torch.device:
+    """Where the model's weights are (the CPU for a model built lazily for a remote run)."""
     inner = getattr(model, "__dict__", {}).get("_module")
     if not isinstance(inner, torch.nn.Module):
         raise UserError("--model", f"expected an nnsight TransformersModel, got {type(model).__name__}")
-    return inner
+    device = next(inner.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def resolve_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
@@ -185,38 +194,67 @@ def _tensors(batch: list[EncodedItem], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask, counted
 
 
-class _Sink(Protocol):
-    """What :func:`_run` feeds: a batch starts, each layer's counted-token activations arrive, the batch ends."""
-
-    def begin(self, batch: list[EncodedItem], device: torch.device) -> None: ...
-
-    def layer(self, row: int, acts: torch.Tensor) -> None: ...
-
-    def end(self) -> None: ...
+def _site_path(model: Any, layer: int, site: str) -> str:
+    """The dotted path of ``site``'s module at ``layer`` from the model's root (what the trace walks)."""
+    sites = arch_sites(model)
+    path = f"{sites.layers}.{layer}"
+    return path if site == "resid" else f"{path}.{sites.attn if site == 'attn' else sites.mlp}"
 
 
-def _run(model: Any, layers: list[int], site: str, batch: list[EncodedItem], pad_id: int, sink: _Sink) -> None:
-    """One forward over ``batch``; ``sink.layer(row, acts)`` gets the counted tokens' activations ``[n, H]`` of
-    ``layers[row]`` as the forward reaches it (rows' tokens concatenated in batch order, row 0's first).
-
-    Each layer is consumed inside the trace, so no more than one layer's activations are kept.  The trace stops
-    right after the deepest layer in ``layers`` (nothing later runs).
-    """
+def _run(
+    model: Any,
+    paths: list[str],
+    batch: list[EncodedItem],
+    pad_id: int,
+    job: dict[str, Any],
+    backend: Any,
+) -> list[Any]:
+    """One forward over ``batch`` (one request when ``backend`` is remote); per layer in ``paths``, the
+    reductions of :mod:`constraintdsl.extraction` that ``job`` asks for (see :meth:`_TrainSums.job` and
+    :meth:`_Projections.job`).  Only those come back, never activations."""
     ids, mask, counted = _tensors(batch, pad_id)
     positions = torch.arange(ids.shape[1], dtype=torch.long).unsqueeze(0).expand_as(ids)
-    device = next(_torch_module(model).parameters()).device
-    inputs = {
-        "input_ids": ids.to(device),
-        "attention_mask": mask.to(device),
-        "position_ids": positions.to(device),
-    }
-    counted = counted.to(device)
-    sink.begin(batch, device)
-    with model.trace(inputs) as tracer:
-        for row, layer in enumerate(layers):
-            sink.layer(row, as_bth(site_module(model, layer, site).output)[counted])
+    inputs = on_device(model, {"input_ids": ids, "attention_mask": mask, "position_ids": positions})
+    outs = _trace_batch(model, inputs, counted.to(inputs["input_ids"].device), paths, job, backend)
+    if outs is None:
+        raise RuntimeError("the extraction pass returned no result")
+    return list(outs)
+
+
+def _trace_batch(
+    model: Any,
+    inputs: dict[str, torch.Tensor],
+    counted: torch.Tensor,
+    paths: list[str],
+    job: dict[str, Any],
+    backend: Any,
+) -> Any:
+    """The forward block (nnsight captures it from this file's source; on NDIF this source runs).
+
+    Each layer is reduced inside the trace as the forward reaches it, so no more than one layer's
+    activations are kept; the trace stops right after the deepest layer in ``paths`` (nothing later runs).
+    """
+    outs = None
+    with torch.no_grad(), model.trace(inputs, backend=backend) as tracer:
+        outs = nnsight.save([])
+        directions = job["directions"]
+        if directions is None:
+            membership, by_pole = extraction.batch_index(job["rows"], job["poles"])
+        for index in range(len(paths)):
+            envoy = model
+            for part in paths[index].split("."):
+                envoy = getattr(envoy, part)
+            acts = extraction.counted(envoy.output, counted)
+            if directions is None:
+                shift = None if job["shifts"] is None else job["shifts"][index]
+                sums = extraction.train_sums(
+                    acts, membership, by_pole, job["counts"], shift, job["second"], job["means"]
+                )
+                outs.append(sums)
+            else:
+                outs.append(extraction.project(acts, directions[index]))
         tracer.stop()
-    sink.end()
+    return outs
 
 
 def auroc(positive: np.ndarray[Any, Any], negative: np.ndarray[Any, Any]) -> float:
@@ -302,8 +340,8 @@ class _TrainSums:
       which gives the exact variance of the train projections on any direction;
     - with ``pca``: the ``H x H`` second moment of the paired differences of per-example means.
 
-    A batch's partial sums are formed in float32 (one matrix product per layer), then added to float64
-    accumulators.
+    A batch's partial sums are formed inside the trace (:func:`constraintdsl.extraction.train_sums`, float32
+    matrix products), then added here to float64 accumulators.
     """
 
     def __init__(self, n_layers: int, *, pca: bool, second_moment: bool) -> None:
@@ -317,56 +355,56 @@ class _TrainSums:
         self.paired: torch.Tensor | None = None  # [L, H, H] float64, sum of d d^T over paired differences
         self.pending: dict[tuple[int, int], torch.Tensor] = {}  # (pair, pole) -> [L, H] per-example mean
         self.batches = 0  # batches finished
-        self.batch: list[EncodedItem] = []
-        self.counts = self.membership = self.by_pole = torch.zeros(0)
-        self.row_means: torch.Tensor | None = None  # [L, B, H] float64 (pca only)
 
-    def begin(self, batch: list[EncodedItem], device: torch.device) -> None:
-        """Start a batch (see :func:`_run`)."""
-        self.batch = batch
-        self.counts, poles, rows = _row_index(batch, device)
+    def job(self, batch: list[EncodedItem], device: torch.device) -> dict[str, Any]:
+        """What the trace needs to reduce ``batch`` (see :func:`_trace_batch`)."""
+        counts, poles, rows = _row_index(batch, device)
+        return {
+            "directions": None,
+            "rows": rows,
+            "poles": poles,
+            "counts": counts,
+            "shifts": self.shift,  # None in the first batch: the trace takes that batch's mean
+            "second": self.second_moment,
+            "means": self.pca,
+        }
+
+    def add(self, batch: list[EncodedItem], outs: list[Any]) -> None:
+        """Fold in one batch's per-layer reductions ``[pole_sums, shift, moment, row_means]``."""
         for pole in (1, -1):
-            self.count[pole] += int(self.counts[poles == pole].sum())
-        tokens = torch.arange(int(rows.shape[0]), device=device)
-        self.membership = torch.zeros(len(batch), int(rows.shape[0]), dtype=torch.float32, device=device)
-        self.membership[rows, tokens] = 1.0  # [B, n]: row sums as one matrix product
-        self.by_pole = torch.stack([poles == 1, poles == -1]).to(torch.float64)  # [2, B]
-        self.row_means = None
-
-    def layer(self, row: int, acts: torch.Tensor) -> None:
-        """Fold in the counted-token activations ``[n, H]`` of the layer in ``row``."""
-        x = acts.to(torch.float32)
-        hidden = x.shape[1]
-        if self.sum is None:
-            self.sum = torch.zeros(self.n_layers, 2, hidden, dtype=torch.float64, device=x.device)
-        per_row = torch.mm(self.membership, x).to(torch.float64)  # [B, H] sums over each row's tokens
-        self.sum[row] += torch.mm(self.by_pole, per_row)
-        if self.second_moment:
-            if self.shift is None or self.centered is None:
-                self.shift = torch.zeros(self.n_layers, hidden, dtype=torch.float32, device=x.device)
-                self.centered = torch.zeros(self.n_layers, hidden, hidden, dtype=torch.float64, device=x.device)
-            if self.batches == 0:
-                self.shift[row] = x.mean(0)
-            centered = x - self.shift[row]
-            self.centered[row].add_(torch.mm(centered.mT, centered))
-        if self.pca:
-            if self.row_means is None:
-                shape = (self.n_layers, len(self.batch), hidden)
-                self.row_means = torch.zeros(shape, dtype=torch.float64, device=x.device)
-            self.row_means[row] = per_row / self.counts.to(torch.float64)[:, None]
-
-    def end(self) -> None:
-        """Finish a batch: for ``pca``, pair up per-example means (a pair may straddle two batches)."""
+            self.count[pole] += sum(len(item.ids) - item.start for item in batch if item.pole == pole)
+        row_means: torch.Tensor | None = None  # [L, B, H] float64 (pca only)
+        for row, (pole_sums, shift, moment, means) in enumerate(outs):
+            if self.sum is None:
+                hidden = int(pole_sums.shape[1])
+                self.sum = torch.zeros(self.n_layers, 2, hidden, dtype=torch.float64, device=pole_sums.device)
+            device = self.sum.device
+            hidden = int(self.sum.shape[2])
+            self.sum[row] += pole_sums.to(device)
+            if self.second_moment:
+                if self.shift is None or self.centered is None:
+                    self.shift = torch.zeros(self.n_layers, hidden, dtype=torch.float32, device=device)
+                    self.centered = torch.zeros(self.n_layers, hidden, hidden, dtype=torch.float64, device=device)
+                if self.batches == 0:
+                    self.shift[row] = shift.to(device)
+                self.centered[row].add_(moment.to(device))
+            if self.pca:
+                if row_means is None:
+                    row_means = torch.zeros(self.n_layers, len(batch), hidden, dtype=torch.float64, device=device)
+                row_means[row] = means.to(device)
         self.batches += 1
-        if not self.pca or self.row_means is None:
-            return
+        if row_means is not None:
+            self._pair_up(batch, row_means)
+
+    def _pair_up(self, batch: list[EncodedItem], row_means: torch.Tensor) -> None:
+        """For ``pca``: pair up per-example means (a pair may straddle two batches)."""
         diffs: list[torch.Tensor] = []
-        for i, item in enumerate(self.batch):
+        for i, item in enumerate(batch):
             partner = self.pending.pop((item.pair, -item.pole), None)
             if partner is None:
-                self.pending[(item.pair, item.pole)] = self.row_means[:, i].clone()
+                self.pending[(item.pair, item.pole)] = row_means[:, i].clone()
             else:
-                diffs.append(self.row_means[:, i] - partner if item.pole == 1 else partner - self.row_means[:, i])
+                diffs.append(row_means[:, i] - partner if item.pole == 1 else partner - row_means[:, i])
         if diffs:
             d = torch.stack(diffs, dim=1)  # [L, P, H]
             update = torch.bmm(d.mT, d)
@@ -412,31 +450,24 @@ class _Projections:
         self.examples = np.zeros((n_layers, len(items)))  # [L, M] per-example mean projections
         self.example_poles = np.zeros(len(items), dtype=np.int64)
         self.token_offset = self.example_offset = 0
-        self.batch: list[EncodedItem] = []
-        self.counts = self.rows = torch.zeros(0)
-        self.proj = torch.zeros(0)
 
-    def begin(self, batch: list[EncodedItem], device: torch.device) -> None:
-        """Start a batch (see :func:`_run`)."""
-        self.batch = batch
-        self.counts, _, self.rows = _row_index(batch, device)
-        self.proj = torch.zeros(self.directions.shape[0], int(self.rows.shape[0]), dtype=torch.float64, device=device)
+    def job(self, batch: list[EncodedItem], device: torch.device) -> dict[str, Any]:
+        """What the trace needs to project ``batch`` (see :func:`_trace_batch`)."""
         self.directions = self.directions.to(device)
+        return {"directions": self.directions}
 
-    def layer(self, row: int, acts: torch.Tensor) -> None:
-        """Project the counted-token activations ``[n, H]`` of the layer in ``row`` (in float64)."""
-        self.proj[row] = acts.to(torch.float64) @ self.directions[row]
-
-    def end(self) -> None:
-        """Finish a batch: store its token projections and per-example means."""
-        per_row = torch.zeros(self.proj.shape[0], len(self.batch), dtype=torch.float64, device=self.proj.device)
-        per_row = per_row.index_add_(1, self.rows, self.proj) / self.counts.to(torch.float64)
+    def add(self, batch: list[EncodedItem], outs: list[Any]) -> None:
+        """Store one batch's token projections (``[n]`` float64 per layer) and its per-example means."""
+        proj = torch.stack([o.to(torch.float64) for o in outs])  # [L, n]
+        counts, _, rows = _row_index(batch, proj.device)
+        per_row = torch.zeros(proj.shape[0], len(batch), dtype=torch.float64, device=proj.device)
+        per_row = per_row.index_add_(1, rows, proj) / counts.to(torch.float64)
         t, e = self.token_offset, self.example_offset
-        self.tokens[:, t : t + self.proj.shape[1]] = self.proj.cpu().numpy()
-        self.examples[:, e : e + len(self.batch)] = per_row.cpu().numpy()
-        self.example_poles[e : e + len(self.batch)] = [item.pole for item in self.batch]
-        self.token_offset += self.proj.shape[1]
-        self.example_offset += len(self.batch)
+        self.tokens[:, t : t + proj.shape[1]] = proj.cpu().numpy()
+        self.examples[:, e : e + len(batch)] = per_row.cpu().numpy()
+        self.example_poles[e : e + len(batch)] = [item.pole for item in batch]
+        self.token_offset += proj.shape[1]
+        self.example_offset += len(batch)
 
     def example_auroc(self) -> np.ndarray[Any, Any]:
         """Per layer: AUROC of per-example mean projections, positive vs negative examples."""
@@ -487,12 +518,19 @@ def extract(
     method: str = "mean",
     batch_size: int = 16,
     progress: bool = True,
+    remote: bool | str = False,
+    timeout: float | None = None,
 ) -> ConceptArtifact:
     """Extract and calibrate ``pairs``' concept at ``layers`` (all by default) of ``site`` in ``model``.
 
     ``model`` is an nnsight ``TransformersModel`` with a tokenizer; ``batch_size`` counts sequences per
     forward pass (each pair is two).  Every sequence is forwarded once when the dataset has a ``test`` split
     (twice for the train split otherwise).  See the module docstring for token selection, methods and passes.
+
+    ``remote``: ``True`` runs every forward pass on NDIF (host from ``NDIF_HOST`` or nnsight's config, key from
+    ``NDIF_API_KEY`` or nnsight's config), a URL on that server: one request per batch, and only the reduced
+    per-batch results come back.  ``timeout`` bounds the wait for each request (seconds).  ``progress`` shows
+    a progress bar.
     """
     from tqdm.auto import tqdm
 
@@ -512,10 +550,14 @@ def extract(
     train = [item for item in items if item.split == "train"]
     test = [item for item in items if item.split == "test"]
 
+    paths = [_site_path(model, layer, site) for layer in chosen]
+    device = _device(model)
+
     def forward(split: list[EncodedItem], label: str, sink: _TrainSums | _Projections) -> None:
         batches = list(_batches(split, batch_size))
         for batch in tqdm(batches, desc=f"{pairs.concept}: {label}", disable=not progress, leave=False):
-            _run(model, chosen, site, batch, pad_id, sink)
+            backend = run_backend(model, [None], remote, timeout=timeout)  # one request per batch
+            sink.add(batch, _run(model, paths, batch, pad_id, sink.job(batch, device), backend))
 
     with torch.no_grad():
         # With a test split the train variance comes exactly from the H x H sums; without one the second pass

@@ -76,14 +76,16 @@ _registered = False
 
 
 def register_runtime() -> None:
-    """Make the torch-only modules that run inside a trace (:mod:`constraintdsl.runtime` and
-    :mod:`constraintdsl.scoring`) travel by value with every remote request (idempotent)."""
+    """Make the torch-only modules that run inside a trace (:mod:`constraintdsl.runtime`,
+    :mod:`constraintdsl.scoring` and :mod:`constraintdsl.extraction`) travel by value with every remote
+    request (idempotent)."""
     global _registered
     if not _registered:
-        from . import scoring
+        from . import extraction, scoring
 
         nnsight.register(runtime)
         nnsight.register(scoring)
+        nnsight.register(extraction)
         _registered = True
 
 

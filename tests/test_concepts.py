@@ -348,6 +348,64 @@ def test_a_plain_text_of_one_token_is_a_located_error(tmp_path: Path) -> None:
     assert info.value.diagnostics[0].span.col == 15
 
 
+# ------------------------------------------------------------------------------------------- remote
+
+
+def test_the_in_trace_extraction_module_imports_only_what_travels_to_a_server() -> None:
+    import ast
+
+    from constraintdsl import extraction, remote
+
+    tree = ast.parse(Path(extraction.__file__ or "").read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "extraction must not import from this package"
+            assert node.module != "__future__", "a __future__ import would have to be importable on the server"
+            imported.add((node.module or "").split(".")[0])
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id not in ("__import__", "exec", "eval"), f"dynamic import or exec: {node.func.id}"
+    assert imported, "no imports found: the check is looking at the wrong file"
+    assert imported <= remote.ALLOWED_IMPORTS, f"not allowed on NDIF: {sorted(imported - remote.ALLOWED_IMPORTS)}"
+
+
+def test_the_extraction_module_travels_by_value_once_the_runtime_is_registered() -> None:
+    import cloudpickle
+
+    from constraintdsl import extraction, remote
+
+    remote.register_runtime()
+    assert cloudpickle.cloudpickle._is_registered_pickle_by_value(extraction)
+
+
+def test_a_remote_build_with_no_server_listening_is_a_clear_error_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from constraintdsl.cli import main
+    from tests.tiny import tiny_hf, tiny_tokenizer
+
+    folder = tmp_path / "tiny"
+    tiny_hf("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (tmp_path / "tone.yaml").write_text(PLAIN)
+    with socket.socket() as probe:  # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CONSTRAINTDSL_CACHE", str(tmp_path / "cache"))
+    args = ["concept", "build", "--pairs", str(tmp_path / "tone.yaml"), "--model", str(folder), "--no-progress"]
+    assert main([*args, "--host", f"http://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"could not connect to NDIF at http://127.0.0.1:{port}: connection refused" in err
+    assert "is the server running?" in err and "Traceback" not in err
+    assert not (tmp_path / "cache" / "concepts").exists() or not any((tmp_path / "cache" / "concepts").iterdir())
+    assert main([*args, "--host", "127.0.0.1:1"]) == 2  # not a URL: named by its flag
+    assert "--host" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ real SmolLM2
 
 SHIPPED = {"helpfulness": 0.90, "refusal": 0.90, "sentiment": 0.95, "formality": 0.90}

@@ -1,0 +1,118 @@
+"""Concept extraction against a real NDIF server: the artifact built remotely equals the local one, every
+batch is one request, only reduced results come back, and the CLI's remote build fills the same cache entry
+as a local build.  Skipped without a server (see conftest.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from constraintdsl.artifacts import load_artifact
+from constraintdsl.cli import main
+from constraintdsl.concepts import encode_pairs, extract
+from constraintdsl.pairs import PairSet, load_pairs
+from tests.remote.test_remote_ndif import Requests
+
+PAIRS = """\
+concept: tone
+positive: warm
+negative: cold
+pairs:
+  - positive: "I am so happy to help you with that question!"
+    negative: "That is a terrible idea and I will not do it."
+  - positive: "Thank you very much, this was wonderful and kind."
+    negative: "Sorry, I can't help."
+  - positive: "hey whats up, lol that was awesome"
+    negative: "The cat sat on the mat and looked out of the window, bored."
+  - positive: "Wonderful!"
+    negative: "No."
+  - positive: "Please find attached the report you requested, sir, with thanks."
+    negative: "The capital of France is Paris."
+  - positive: "I love it."
+    negative: "I hate it, it is terrible."
+    split: test
+  - positive: "So kind of you."
+    negative: "Go away."
+    split: test
+  - positive: "happy happy"
+    negative: "sad sad sad sad"
+    split: test
+"""
+BATCH = 4
+
+
+@pytest.fixture
+def pairs_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tone.yaml"
+    path.write_text(PAIRS)
+    return path
+
+
+def _same(far: Any, near: Any) -> None:
+    np.testing.assert_allclose(far.directions, near.directions, atol=1e-5, rtol=0)
+    assert far.layers == near.layers
+    arrays = near.calibration.arrays()
+    assert arrays
+    for key, value in arrays.items():
+        np.testing.assert_allclose(far.calibration.arrays()[key], value, atol=1e-5, rtol=0, err_msg=key)
+    assert far.metadata == near.metadata
+
+
+@pytest.mark.parametrize("method", ["mean", "pca"])
+def test_a_remote_extraction_equals_the_local_one_with_one_request_per_batch(
+    tiny_model: Any, ndif_host: str, pairs_file: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    pairs: PairSet = load_pairs(pairs_file)
+    local = extract(tiny_model, pairs, method=method, batch_size=BATCH, progress=False)
+    sent = Requests(monkeypatch)
+    far = extract(tiny_model, pairs, method=method, batch_size=BATCH, progress=False, remote=ndif_host, timeout=120)
+    _same(far, local)
+    items = encode_pairs(tiny_model.tokenizer, pairs)
+    train = [it for it in items if it.split == "train"]
+    test = [it for it in items if it.split == "test"]
+    assert sent.posted == math.ceil(len(train) / BATCH) + math.ceil(len(test) / BATCH) == len(sent.backends)
+    # the held-out requests bring back one float64 per counted token and layer, far less than the activations
+    hidden = int(tiny_model.config.hidden_size)
+    layers = len(local.layers or ())
+    for backend in sent.backends[-math.ceil(len(test) / BATCH) :]:
+        assert backend.stats.statuses[-1] == "COMPLETED"
+        tokens = sum(len(it.ids) - it.start for it in test)
+        assert 0 < backend.stats.response_bytes < tokens * hidden * 4 * layers / 4
+
+
+def test_a_remote_extraction_without_a_test_split_equals_the_local_one(
+    tiny_model: Any, ndif_host: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "train-only.yaml"
+    path.write_text(PAIRS.replace("    split: test\n", ""))
+    pairs = load_pairs(path)
+    local = extract(tiny_model, pairs, layers=[0, 2], method="pca", batch_size=BATCH, progress=False)
+    far = extract(tiny_model, pairs, layers=[0, 2], method="pca", batch_size=BATCH, progress=False, remote=ndif_host)
+    assert far.metadata["calibration_split"] == "train"
+    _same(far, local)
+
+
+def test_the_cli_builds_remotely_into_the_same_cache_entry_a_local_build_reuses(
+    tiny_model: Any,
+    tiny_folder: Path,
+    ndif_host: str,
+    pairs_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CONSTRAINTDSL_CACHE", str(tmp_path / "cache"))
+    args = ["concept", "build", "--pairs", str(pairs_file), "--model", str(tiny_folder), "--no-progress"]
+    sent = Requests(monkeypatch)
+    assert main([*args, "--host", ndif_host, "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert sent.posted > 0 and "wrote" in out
+    (entry,) = (tmp_path / "cache" / "concepts").glob("*.safetensors")
+    _same(load_artifact(entry), extract(tiny_model, load_pairs(pairs_file), batch_size=16, progress=False))
+    posted = sent.posted
+    assert main(args) == 0  # the local build finds the remote one under the same content key
+    assert "reused from cache" in capsys.readouterr().out and sent.posted == posted
