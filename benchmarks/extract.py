@@ -10,9 +10,6 @@ Measures, in one run, on the same tokens and batches:
   test: projections for percentiles and AUROC), so this is also the per-forwarded-token ratio; a dataset
   without a test split forwards its train split twice.  ``per_pass_throughput_ratio`` divides by the
   tokens the extraction actually forwarded (equal to the end-to-end ratio when ``passes`` is 1).
-- ``second_moment_cost_share``: the share of the extraction's time spent folding the train split into the
-  exact-std ``H x H`` sums (timed on the same activations with and without them; null without a test split,
-  where extraction does not compute them).
 - ``early_stop_cost_ratio``: extraction cost with the deepest layer ``L`` over ``L/N`` of the cost with all
   ``N`` layers (1.0 means cost exactly proportional to depth).
 - ``rss_growth_10x``: (peak RSS of a process while extracting 10x the pairs) / (the same for 1x) - 1, each
@@ -43,7 +40,7 @@ from typing import Any
 
 import torch
 
-from constraintdsl.concepts import EncodedItem, _batches, _run, _tensors, _TrainSums, encode_pairs, extract
+from constraintdsl.concepts import _batches, _tensors, encode_pairs, extract
 from constraintdsl.models import load_model
 from constraintdsl.pairs import Pair, PairSet, load_pairs
 
@@ -119,47 +116,6 @@ def _extraction(model: Any, pairs: PairSet, layers: list[int] | None = None) -> 
     return time.perf_counter() - start
 
 
-class _Collect:
-    """A sink for ``_run`` that keeps each layer's counted-token activations of the last batch."""
-
-    def __init__(self) -> None:
-        self.acts: list[torch.Tensor] = []
-
-    def begin(self, batch: list[EncodedItem], device: torch.device) -> None:
-        self.acts = []
-
-    def layer(self, row: int, acts: torch.Tensor) -> None:
-        self.acts.append(acts)
-
-    def end(self) -> None:
-        pass
-
-
-def _second_moment_seconds(model: Any, pairs: PairSet, repeats: int) -> float:
-    """Fastest time to fold the train split's activations into the sums with the H x H moment, minus without."""
-    items = [item for item in encode_pairs(model.tokenizer, pairs) if item.split == "train"]
-    layers = list(range(int(model._module.config.num_hidden_layers)))
-    pad = int(model.tokenizer.pad_token_id or 0)
-    recorded: list[tuple[list[EncodedItem], list[torch.Tensor]]] = []
-    with torch.no_grad():
-        for batch in _batches(items, BATCH):
-            collect = _Collect()
-            _run(model, layers, "resid", batch, pad, collect)
-            recorded.append((batch, collect.acts))
-    best: dict[bool, float] = {}
-    for _ in range(repeats):
-        for moment in (True, False):
-            sums = _TrainSums(len(layers), pca=False, second_moment=moment)
-            start = time.perf_counter()
-            for batch, acts in recorded:
-                sums.begin(batch, acts[0].device)
-                for row, layer_acts in enumerate(acts):
-                    sums.layer(row, layer_acts)
-                sums.end()
-            best[moment] = min(best.get(moment, float("inf")), time.perf_counter() - start)
-    return best[True] - best[False]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--pairs", default=str(ROOT / "specs" / "data" / "sentiment.yaml"))
@@ -216,7 +172,6 @@ def main() -> None:
     cpu_early = cpu_med["early"] / (cpu_med["full"] * args.early_layer / n_layers)
 
     # Without a test split extraction projects the train tokens in a second pass and skips the H x H sums.
-    moment_share = _second_moment_seconds(model, pairs, args.repeats) / t_ext if pairs.test else None
 
     one = _rss(args.pairs, args.rss_pairs, 1)
     ten = _rss(args.pairs, args.rss_pairs, 10)
@@ -235,10 +190,6 @@ def main() -> None:
         ),
         ("throughput ratio", f"{ratio:.3f} end-to-end; {per_pass:.3f} per forwarded token"),
         ("  by CPU time (median)", f"{cpu_ratio:.3f} end-to-end"),
-        (
-            "exact-std H x H sums",
-            "not computed (no test split)" if moment_share is None else f"{moment_share * 100:.1f}% of the time",
-        ),
         (
             f"early stop L={args.early_layer}/{n_layers}",
             f"{t_early:.2f} s ({med['early']:.2f}) vs all layers {t_full:.2f} s ({med['full']:.2f})",
@@ -264,7 +215,6 @@ def main() -> None:
                 "throughput_ratio_vs_forward": round(ratio, 4),
                 "per_pass_throughput_ratio": round(per_pass, 4),
                 "passes": passes,
-                "second_moment_cost_share": None if moment_share is None else round(moment_share, 4),
                 "early_stop_cost_ratio": round(early_ratio, 4),
                 "early_stop_layers": [args.early_layer, n_layers],
                 "rss_growth_10x": round(growth, 4),

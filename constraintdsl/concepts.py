@@ -247,8 +247,9 @@ def _trace_batch(
             acts = extraction.counted(envoy.output, counted)
             if directions is None:
                 shift = None if job["shifts"] is None else job["shifts"][index]
+                into = None if job["into"] is None else job["into"][index]
                 sums = extraction.train_sums(
-                    acts, membership, by_pole, job["counts"], shift, job["second"], job["means"]
+                    acts, membership, by_pole, job["counts"], shift, job["second"], job["means"], into
                 )
                 outs.append(sums)
             else:
@@ -344,8 +345,9 @@ class _TrainSums:
     matrix products), then added here to float64 accumulators.
     """
 
-    def __init__(self, n_layers: int, *, pca: bool, second_moment: bool) -> None:
+    def __init__(self, n_layers: int, *, pca: bool, second_moment: bool, local: bool = True) -> None:
         self.n_layers = n_layers
+        self.local = local  # the trace runs in this process: moments may be folded in place
         self.pca = pca
         self.second_moment = second_moment
         self.sum: torch.Tensor | None = None  # [L, 2, H] float64: token sums of the positive, negative pole
@@ -367,6 +369,8 @@ class _TrainSums:
             "shifts": self.shift,  # None in the first batch: the trace takes that batch's mean
             "second": self.second_moment,
             "means": self.pca,
+            # local runs fold each layer's H x H moment in place as it is computed (a remote run sends it back)
+            "into": self.centered if self.local else None,
         }
 
     def add(self, batch: list[EncodedItem], outs: list[Any]) -> None:
@@ -387,7 +391,8 @@ class _TrainSums:
                     self.centered = torch.zeros(self.n_layers, hidden, hidden, dtype=torch.float64, device=device)
                 if self.batches == 0:
                     self.shift[row] = shift.to(device)
-                self.centered[row].add_(moment.to(device))
+                if moment is not None:  # None: already folded in place (a local run)
+                    self.centered[row].add_(moment.to(device))
             if self.pca:
                 if row_means is None:
                     row_means = torch.zeros(self.n_layers, len(batch), hidden, dtype=torch.float64, device=device)
@@ -562,7 +567,7 @@ def extract(
     with torch.no_grad():
         # With a test split the train variance comes exactly from the H x H sums; without one the second pass
         # over train projects every token anyway, so the sums would be wasted work.
-        sums = _TrainSums(len(chosen), pca=method == "pca", second_moment=bool(test))
+        sums = _TrainSums(len(chosen), pca=method == "pca", second_moment=bool(test), local=not remote)
         forward(train, "train" if test else "train, pass 1/2", sums)
         directions = _directions(sums, method, pairs)
         projections = _Projections(directions, test or train)

@@ -43,6 +43,7 @@ def train_sums(
     shift: torch.Tensor | None,
     second: bool,
     means: bool,
+    into: torch.Tensor | None = None,
 ) -> list[torch.Tensor | None]:
     """One layer's train-split sums over a batch: ``[pole_sums, shift, moment, row_means]``.
 
@@ -54,6 +55,9 @@ def train_sums(
       batch fixes it for all later ones); None unless ``second``;
     - ``moment`` ``[H, H]`` float32: the sum of ``(x - shift)(x - shift)^T`` over the tokens (``second``);
     - ``row_means`` ``[B, H]`` float64: each row's mean activation (``means``, for ``pca``).
+
+    With ``into`` (a float64 ``[H, H]`` accumulator, in a local run) the moment is added there in place and
+    None is returned for it, so no batch keeps every layer's moment at once.
     """
     x = acts.to(torch.float32)
     device = x.device
@@ -64,6 +68,9 @@ def train_sums(
         shift = x.mean(0) if shift is None else shift.to(device=device, dtype=torch.float32)
         centered = x - shift
         moment = torch.mm(centered.mT, centered)
+        if into is not None:
+            into.add_(moment.to(into.device))
+            moment = None
     else:
         shift = None
     row_means = per_row / counts.to(device=device, dtype=torch.float64)[:, None] if means else None
