@@ -16,32 +16,9 @@ from constraintdsl.cli import main
 from constraintdsl.concepts import encode_pairs, extract
 from constraintdsl.pairs import PairSet, load_pairs
 from tests.remote.test_remote_ndif import Requests
+from tests.test_concepts import PLAIN
 
-PAIRS = """\
-concept: tone
-positive: warm
-negative: cold
-pairs:
-  - positive: "I am so happy to help you with that question!"
-    negative: "That is a terrible idea and I will not do it."
-  - positive: "Thank you very much, this was wonderful and kind."
-    negative: "Sorry, I can't help."
-  - positive: "hey whats up, lol that was awesome"
-    negative: "The cat sat on the mat and looked out of the window, bored."
-  - positive: "Wonderful!"
-    negative: "No."
-  - positive: "Please find attached the report you requested, sir, with thanks."
-    negative: "The capital of France is Paris."
-  - positive: "I love it."
-    negative: "I hate it, it is terrible."
-    split: test
-  - positive: "So kind of you."
-    negative: "Go away."
-    split: test
-  - positive: "happy happy"
-    negative: "sad sad sad sad"
-    split: test
-"""
+PAIRS = PLAIN  # the tiny pair set the local extraction tests use
 BATCH = 4
 
 
