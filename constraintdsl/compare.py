@@ -46,6 +46,7 @@ __all__ = [
     "compare",
     "corpus_windows",
     "read_corpus",
+    "spec_arms",
 ]
 
 DEFAULT_WINDOW = 128
@@ -243,6 +244,24 @@ def _without(spec: Spec, index: int) -> Spec:
     return replace(spec, constraints=spec.constraints[:index] + spec.constraints[index + 1 :])
 
 
+def spec_arms(specs: Sequence[Spec], concepts: Mapping[str, Any] | None = None) -> list[Arm]:
+    """One uncompiled arm per variant of every spec, in order, with unique labels (``name[floor=0.3]``,
+    ``name#2`` for a repeated name) and content keys; the baseline is not among them."""
+    from .variants import expand
+
+    arms: list[Arm] = []
+    labels: set[str] = {"baseline"}
+    for spec in specs:
+        for variant in expand(spec):
+            label = _label(spec) + (f"[{variant.name}]" if variant.name else "")
+            base, n = label, 2
+            while label in labels:
+                label, n = f"{base}#{n}", n + 1
+            labels.add(label)
+            arms.append(Arm(label, _key(variant.spec, concepts), variant.spec, None, spec.path, variant.name))
+    return arms
+
+
 def build_arms(
     model: Any,
     specs: Sequence[Spec],
@@ -251,31 +270,22 @@ def build_arms(
     progress: Progress | None = None,
     concepts: Mapping[str, Any] | None = None,
 ) -> tuple[list[Arm], dict[tuple[int, int], int]]:
-    """The baseline, every variant of every spec (compiled for ``model``; ``concepts`` as in
-    :func:`~constraintdsl.compiler.resolve`) and, with ``marginal``, every leave-one-out spec.  Returns
-    the arms (``arms[0]`` the baseline) and ``drops``: (main arm, statement index) → the arm without
-    that statement."""
+    """The baseline, every variant of every spec (:func:`spec_arms`, compiled for ``model``; ``concepts``
+    as in :func:`~constraintdsl.compiler.resolve`) and, with ``marginal``, every leave-one-out spec.
+    Returns the arms (``arms[0]`` the baseline) and ``drops``: (main arm, statement index) → the arm
+    without that statement."""
     from .compiler import resolve
-    from .variants import expand
 
     arms = [Arm(label="baseline", key="baseline")]
     index: dict[str, int] = {"baseline": 0}
-    labels: set[str] = {"baseline"}
     main: list[int] = []
-    for spec in specs:
-        for variant in expand(spec):
-            label = _label(spec) + (f"[{variant.name}]" if variant.name else "")
-            base, n = label, 2
-            while label in labels:
-                label, n = f"{base}#{n}", n + 1
-            labels.add(label)
-            key = _key(variant.spec, concepts)
-            if progress:
-                progress(f"compiling {label}")
-            plan = resolve(variant.spec, model, progress=False, concepts=concepts)
-            arms.append(Arm(label, key, variant.spec, plan, spec.path, variant.name, main=True))
-            main.append(len(arms) - 1)
-            index.setdefault(key, len(arms) - 1)
+    for arm in spec_arms(specs, concepts):
+        assert arm.spec is not None
+        if progress:
+            progress(f"compiling {arm.label}")
+        arms.append(replace(arm, plan=resolve(arm.spec, model, progress=False, concepts=concepts)))
+        main.append(len(arms) - 1)
+        index.setdefault(arm.key, len(arms) - 1)
     drops: dict[tuple[int, int], int] = {}
     if marginal:
         for a in main:
@@ -319,7 +329,6 @@ def _add(total: list[Any] | None, part: Sequence[Any]) -> list[Any]:
 class _Sums:
     corpus: torch.Tensor | None = None
     hidden: list[torch.Tensor] | None = None
-    telemetry: torch.Tensor | None = None
 
 
 def _windows_per_pass(model: Any, arms: int, width: int) -> int:
@@ -346,15 +355,19 @@ def _corpus(
         ids = inputs.corpus[start : start + per_pass]
         tick(f"corpus windows {start + 1}-{start + len(ids)} of {rows}", passes)
         scores, took = score_corpus(
-            model, payloads, ids, torch.ones_like(ids), prompt_len=inputs.prompt_tokens, remote=remote
+            model,
+            payloads,
+            ids,
+            torch.ones_like(ids),
+            prompt_len=inputs.prompt_tokens,
+            telemetry=False,  # the load is read from the generation's telemetry
+            remote=remote,
         )
         passes += 1
         seconds += took
         for s, score in zip(sums, scores, strict=True):
             s.corpus = score.sums.clone() if s.corpus is None else s.corpus + score.sums
             s.hidden = _add(s.hidden, score.hidden)
-            if score.telemetry is not None:
-                s.telemetry = score.telemetry.clone() if s.telemetry is None else s.telemetry + score.telemetry
     return sums, passes, seconds
 
 
@@ -426,52 +439,20 @@ def _effects(
     model: Any, arms: Sequence[Arm], main: Sequence[int], gens: Sequence[Any], remote: bool | str
 ) -> tuple[dict[int, dict[str, dict[str, Any]]], int]:
     """Per main arm: concept → readout (calibrated, mean over prompts) and its shift from the baseline's."""
-    from .artifacts import load_artifact
-    from .concepts import recommended_layers
-    from .measure import Read, project_rows
-    from .readout import generated_mask
+    from .readout import calibrated_readouts, concept_reads
 
-    concepts: dict[str, str] = {}
-    for a in main:
-        plan = arms[a].plan
-        if plan is None:
-            continue
-        for name in sorted({e.concept for e in plan.entries}):
-            path = plan.concepts.get(name)
-            if path and path != "<given>":
-                label = name if concepts.get(name, path) == path else f"{name} ({path})"
-                concepts[label] = path
-    reads: list[tuple[str, Any, int]] = []
-    for label, path in concepts.items():
-        art = load_artifact(path)
-        best = recommended_layers(art, top=1)
-        if art.calibration is not None and best:
-            reads.append((label, art, best[0]))
-    out: dict[int, dict[str, dict[str, Any]]] = {a: {} for a in [0, *main]}
+    reads = concept_reads([plan for plan in (arms[a].plan for a in main) if plan is not None])
+    order = [0, *main]
+    out: dict[int, dict[str, dict[str, Any]]] = {a: {} for a in order}
     if not reads:
         return out, 0
-    tok = model.tokenizer
-    stops = {int(t) for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
-    ids = torch.cat([g.ids for g in gens], dim=0)
-    width = gens[0].prompt_width
-    gen = generated_mask(ids, width, stops)
-    prompt_mask = torch.cat([g.attention_mask for g in gens], dim=0).to(torch.bool)
-    attention = torch.cat([prompt_mask, gen[:, width:]], dim=1).to(torch.long)
-    site = {label: art.metadata.get("site", "resid") for label, art, _ in reads}
-    values = project_rows(
-        model,
-        ids,
-        attention,
-        gen,
-        [Read(layer, site[label], torch.tensor(np.asarray(art.direction(layer)))[None]) for label, art, layer in reads],
-        remote=remote,
+    ids = torch.cat([g.ids for g in gens])
+    mask = torch.cat([g.attention_mask for g in gens])
+    values = calibrated_readouts(
+        model, [(art, layer) for _, art, layer in reads], ids, mask, gens[0].prompt_width, remote=remote
     )
     per = int(gens[0].ids.shape[0])
-    order = [0, *main]
-    for (label, art, layer), raw in zip(reads, values, strict=True):
-        cal = art.calibration
-        row = art.row(layer)
-        calibrated = (raw[:, 0].to(torch.float64) - float(cal.neg_mean[row])) / float(cal.scale[row])
+    for (label, _, layer), calibrated in zip(reads, values, strict=True):
         base = None
         for k, a in enumerate(order):
             part = calibrated[k * per : (k + 1) * per]
@@ -529,7 +510,7 @@ def compare(
         tick(f"A/B set: {len(inputs.ab.items)} items", n_corpus)
         ids, mask, answer, plen = _ab_rows(model.tokenizer, inputs.ab)
         payloads = _payloads(arms, [0, *main])
-        scores, seconds["ab"] = score_answers(model, payloads, ids, mask, answer, plen, remote=remote)
+        scores, seconds["ab"] = score_answers(model, payloads, ids, mask, answer, plen, telemetry=False, remote=remote)
         ab_lp = [s.logprob for s in scores]
         passes["ab"] = 1
 

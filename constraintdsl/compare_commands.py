@@ -211,18 +211,13 @@ def _record(opts: CompareOptions, comparison: Comparison) -> Comparison:
 def _from_store(opts: CompareOptions, specs: list[Spec], model: Any, inputs: Inputs) -> Comparison:
     """Rebuild a comparison from recorded results: the newest result of each spec/variant for this
     model and these inputs; nothing runs."""
-    from .compare import Comparison, Row, _key, _label
+    from .compare import Comparison, Row, spec_arms
     from .models import model_identity
-    from .variants import expand
 
     ident = model_identity(model)
     digest = inputs.digest()
     store = _open_store(opts.store)
-    wanted: list[tuple[str, str]] = [("baseline", "baseline")]
-    for spec in specs:
-        for variant in expand(spec):
-            label = _label(spec) + (f"[{variant.name}]" if variant.name else "")
-            wanted.append((label, _key(variant.spec)))
+    wanted = [("baseline", "baseline"), *((arm.label, arm.key) for arm in spec_arms(specs))]
     rows: list[Row] = []
     runs: list[str] = []
     missing: list[str] = []

@@ -135,28 +135,26 @@ def text_table(head: list[str], body: list[list[str]]) -> str:
 
 
 def _effects(plan: Plan, model: Any, base: Any, done: Any) -> list[Effect]:
-    """Readout shift of every calibrated concept the spec constrains, baseline → constrained."""
+    """Readout shift of every calibrated concept the spec constrains, baseline → constrained (one pass)."""
     import math
 
-    from .artifacts import load_artifact
-    from .concepts import recommended_layers
-    from .readout import Effect, readout
+    import torch
 
+    from .readout import Effect, calibrated_readouts, concept_reads
+
+    reads = concept_reads([plan])
+    if not reads:
+        return []
+    ids = torch.cat([base.ids, done.ids])
+    mask = torch.cat([base.attention_mask, done.attention_mask])
+    values = calibrated_readouts(model, [(art, layer) for _, art, layer in reads], ids, mask, base.prompt_width)
+    rows = int(base.ids.shape[0])
     out: list[Effect] = []
-    used = {e.concept for e in plan.entries}
-    for name in sorted(used):
-        path = plan.concepts.get(name)
-        if path is None or path == "<given>":
-            continue
-        art = load_artifact(path)
-        best = recommended_layers(art, top=1)
-        if art.calibration is None or not best:
-            continue
-        layer = best[0]
-        b = readout(model, art, layer, base.ids, base.attention_mask, base.prompt_width)
-        c = readout(model, art, layer, done.ids, done.attention_mask, done.prompt_width)
+    for (name, art, layer), both in zip(reads, values, strict=True):
+        b, c = both[:rows], both[rows:]
         ok = ~(b.isnan() | c.isnan())
         bm, cm = float(b[ok].mean()), float(c[ok].mean())
+        assert art.calibration is not None
         out.append(
             Effect(
                 concept=name,

@@ -22,8 +22,8 @@ import nnsight
 import torch
 
 from . import runtime, scoring
-from .runner import on_device, run_backend
-from .sites import arch_sites, hf_module, unembed_module
+from .runner import on_device, run_backend, run_states
+from .sites import arch_sites, unembed_path
 
 __all__ = ["AnswerScore", "CorpusScore", "Read", "project_rows", "score_answers", "score_corpus"]
 
@@ -60,23 +60,10 @@ class Read:
     directions: torch.Tensor
 
 
-def _module_path(model: Any, module: Any) -> str:
-    inner = hf_module(model)
-    target = hf_module(module)
-    if inner is not None:
-        for name, sub in inner.named_modules():
-            if sub is target:
-                return str(name)
-    raise ValueError("module not found in the model")
-
-
 def _states(
     model: Any, payloads: Sequence[dict[str, Any] | None], telemetry: bool, prompt_len: torch.Tensor
 ) -> tuple[list[bool], list[dict[str, Any]]]:
-    device = getattr(model, "device", None)
-    device = device if isinstance(device, torch.device) and device.type != "meta" else None
-    records = [telemetry and p is not None for p in payloads]
-    states = [runtime.new_state(p or {}, device, telemetry=r) for p, r in zip(payloads, records, strict=True)]
+    records, states = run_states(model, payloads, telemetry)
     for state in states:
         state["given_prompt_len"] = prompt_len
     return records, states
@@ -116,7 +103,7 @@ def score_corpus(
     """
     _check(payloads, ids, mask)
     records, states = _states(model, payloads, telemetry, _prompt_lengths(prompt_len, int(ids.shape[0])))
-    head = _module_path(model, unembed_module(model))
+    head = unembed_path(model)
     backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
     started = time.perf_counter()
     enc = on_device(model, {"input_ids": ids, "attention_mask": mask})

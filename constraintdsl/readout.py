@@ -7,17 +7,19 @@ texts the same way and compare, in calibrated units.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nnsight
 import numpy as np
 import torch
 
 from .artifacts import ConceptArtifact
-from .sites import as_bth, site_module
 
-__all__ = ["Effect", "generated_mask", "readout"]
+if TYPE_CHECKING:
+    from .compiler import Plan
+
+__all__ = ["Effect", "calibrated_readouts", "concept_reads", "generated_mask", "readout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,23 +51,62 @@ def generated_mask(ids: torch.Tensor, prompt_width: int, stop_ids: set[int]) -> 
     return mask
 
 
-def readout(
-    model: Any, artifact: ConceptArtifact, layer: int, ids: torch.Tensor, prompt_mask: torch.Tensor, prompt_width: int
-) -> torch.Tensor:
-    """Mean calibrated projection on ``artifact``'s direction at ``layer`` over each row's generated
-    tokens (NaN for a row that generated nothing), from a plain forward pass over ``ids``."""
+def concept_reads(plans: Sequence[Plan]) -> list[tuple[str, ConceptArtifact, int]]:
+    """The readouts a set of plans calls for: every calibrated concept file they constrain, at its best
+    layer (highest held-out AUROC), as ``(label, artifact, layer)``.  A name that two plans bind to
+    different files is labelled ``name (path)`` the second time; concepts given as objects are skipped."""
+    from .artifacts import load_artifact
+    from .concepts import recommended_layers
+
+    paths: dict[str, str] = {}
+    for plan in plans:
+        for name in sorted({e.concept for e in plan.entries}):
+            path = plan.concepts.get(name)
+            if path and path != "<given>" and path not in paths.values():
+                paths[name if name not in paths else f"{name} ({path})"] = path
+    reads = []
+    for label, path in paths.items():
+        art = load_artifact(path)
+        best = recommended_layers(art, top=1)
+        if art.calibration is not None and best:
+            reads.append((label, art, best[0]))
+    return reads
+
+
+def calibrated_readouts(
+    model: Any,
+    reads: Sequence[tuple[ConceptArtifact, int]],
+    ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_width: int,
+    *,
+    remote: bool | str = False,
+) -> list[torch.Tensor]:
+    """For each ``(artifact, layer)``: every row's mean calibrated projection over its generated tokens
+    (``[B]`` float64, NaN for a row that generated nothing), read at the artifact's site by ONE plain
+    forward pass over ``ids`` (``prompt_width`` left-padded prompt columns, then generated ones)."""
+    from .measure import Read, project_rows
+
     tok = model.tokenizer
     stops = {int(t) for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
     gen = generated_mask(ids, prompt_width, stops)
     attention = torch.cat([prompt_mask.to(torch.bool), gen[:, prompt_width:]], dim=1).to(torch.long)
-    with torch.no_grad(), model.trace({"input_ids": ids, "attention_mask": attention}):
-        hidden = nnsight.save(as_bth(site_module(model, layer, "resid").output))
-    u = torch.tensor(np.asarray(artifact.direction(layer)), dtype=torch.float32)
-    proj = hidden.detach().to(torch.float32).cpu() @ u  # [B, T]
-    n = gen.sum(dim=1)
-    raw = torch.where(gen, proj, torch.zeros_like(proj)).sum(dim=1) / n.clamp(min=1)
-    cal = artifact.calibration
-    assert cal is not None, "a readout needs a calibrated concept"
-    row = artifact.row(layer)
-    calibrated = (raw - float(cal.neg_mean[row])) / float(cal.scale[row])
-    return torch.where(n > 0, calibrated, torch.full_like(calibrated, float("nan")))
+    wanted = [
+        Read(layer, art.metadata.get("site", "resid"), torch.tensor(np.asarray(art.direction(layer)))[None])
+        for art, layer in reads
+    ]
+    out = []
+    for (art, layer), raw in zip(reads, project_rows(model, ids, attention, gen, wanted, remote=remote), strict=True):
+        cal = art.calibration
+        assert cal is not None, "a readout needs a calibrated concept"
+        row = art.row(layer)
+        out.append((raw[:, 0].to(torch.float64) - float(cal.neg_mean[row])) / float(cal.scale[row]))
+    return out
+
+
+def readout(
+    model: Any, artifact: ConceptArtifact, layer: int, ids: torch.Tensor, prompt_mask: torch.Tensor, prompt_width: int
+) -> torch.Tensor:
+    """:func:`calibrated_readouts` for one concept at one layer."""
+    (values,) = calibrated_readouts(model, [(artifact, layer)], ids, prompt_mask, prompt_width)
+    return values

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
+from .errors import UserError, clip
 from .execute import text_table
 
 if TYPE_CHECKING:
@@ -62,6 +62,10 @@ def effect_axis(comparison: Comparison, concept: str | None = None) -> tuple[str
 
 def summary_table(comparison: Comparison) -> str:
     """One line per spec/variant: tax, degrees of freedom, effects, A/B, and the heaviest load."""
+    return text_table(*_summary_rows(comparison))
+
+
+def _summary_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     names = _concepts(comparison)
     ab = comparison.rows[0].ab is not None
     head = ["spec", "ΔNLL/tok", "KL", "ppl ×", "entropy", "PR"]
@@ -84,17 +88,22 @@ def summary_table(comparison: Comparison) -> str:
         loads = [s["binding_fraction"] for s in r.load]
         line.append(f"{100 * max(loads):.0f}%" if loads else "-")
         body.append(line)
-    return text_table(head, body)
+    return head, body
 
 
 def load_table(comparison: Comparison) -> str:
     """One line per statement of every spec/variant: binding, correction, marginal tax."""
+    head, body = _load_rows(comparison)
+    return text_table(head, body) if body else "(no statements)"
+
+
+def _load_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     head = ["spec", "statement", "binding", "mean corr", "marginal ΔNLL", "marginal KL"]
     body = []
     for r in comparison.rows[1:]:
-        marginal = {m["line"]: m for m in r.marginal}
+        marginal = {(m["statement"], m["line"]): m for m in r.marginal}
         for s in r.load:
-            m = marginal.get(s["line"], {})
+            m = marginal.get((s["statement"], s["line"]), {})
             unit = "" if s.get("units") == "calibrated" else " raw"
             body.append(
                 [
@@ -106,12 +115,11 @@ def load_table(comparison: Comparison) -> str:
                     _num(m.get("kl"), ".4f"),
                 ]
             )
-    return text_table(head, body) if body else "(no statements)"
+    return head, body
 
 
 def _clip(text: str, n: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
+    return clip(" ".join(text.split()), n)
 
 
 def generations_markdown(comparison: Comparison, limit: int | None = None) -> str:
@@ -131,22 +139,11 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown_table(text: str) -> str:
-    lines = text.splitlines()
-    if len(lines) < 2:
-        return text
-    head = [c for c in lines[0].split("  ") if c.strip()]
-    rule = lines[1]
-    starts = [0]
-    for i in range(1, len(rule)):
-        if rule[i] == "-" and rule[i - 1] == " ":
-            starts.append(i)
-    rows = []
-    for line in [lines[0], *lines[2:]]:
-        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
-        rows.append("| " + " | ".join(_md(c) for c in cells) + " |")
-    del head
-    return "\n".join([rows[0], "|" + "---|" * len(starts), *rows[1:]])
+def _markdown_table(head: list[str], body: list[list[str]]) -> str:
+    if not body:
+        return "(no statements)"
+    rows = ["| " + " | ".join(_md(c) for c in row) + " |" for row in [head, *body]]
+    return "\n".join([rows[0], "|" + "---|" * len(head), *rows[1:]])
 
 
 def _frontier(comparison: Comparison, path: Path, concept: str | None) -> None:
@@ -264,7 +261,7 @@ def _markdown(comparison: Comparison, command: str, has_binding: bool, has_margi
     ]
     if comparison.run_id:
         out.append(f"- run store id: `{comparison.run_id}`")
-    out += ["", "## Summary", "", _markdown_table(summary_table(comparison)), ""]
+    out += ["", "## Summary", "", _markdown_table(*_summary_rows(comparison)), ""]
     out += [
         "ΔNLL/tok, KL (baseline ‖ constrained) and entropy are per predicted token of the reference corpus, "
         "teacher-forced; PR is the participation ratio of the final hidden states over the corpus "
@@ -275,7 +272,7 @@ def _markdown(comparison: Comparison, command: str, has_binding: bool, has_margi
         "",
         "## Load and marginal tax",
         "",
-        _markdown_table(load_table(comparison)),
+        _markdown_table(*_load_rows(comparison)),
         "",
     ]
     if has_binding:

@@ -35,6 +35,7 @@ __all__ = [
     "installed",
     "on_device",
     "run_backend",
+    "run_states",
     "submit",
     "trace",
     "trace_variants",
@@ -135,6 +136,16 @@ def _as_inputs(model: Any, inputs: Any, chat: bool) -> dict[str, torch.Tensor]:
     else:
         enc = encode(model, inputs, chat=chat)
     return on_device(model, enc)
+
+
+def run_states(
+    model: Any, payloads: Sequence[dict[str, Any] | None], telemetry: bool
+) -> tuple[list[bool], list[dict[str, Any]]]:
+    """Per payload: whether its telemetry is recorded (never for a baseline) and a fresh runtime state
+    on the model's device."""
+    records = [telemetry and p is not None for p in payloads]
+    device = _device(model)
+    return records, [runtime.new_state(p or {}, device, telemetry=r) for p, r in zip(payloads, records, strict=True)]
 
 
 def on_device(model: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -288,9 +299,7 @@ def _generate_job(
     pad = getattr(model.tokenizer, "pad_token_id", None)
     if pad is not None:
         kwargs.setdefault("pad_token_id", pad)
-    records = [telemetry and p is not None for p in payloads]
-    device = _device(model)
-    states = [runtime.new_state(p or {}, device, telemetry=r) for p, r in zip(payloads, records, strict=True)]
+    records, states = run_states(model, payloads, telemetry)
     return _Job(enc, list(payloads), records, states, max_new_tokens, kwargs)
 
 
@@ -430,9 +439,7 @@ def trace_variants(
     if not payloads:
         raise ValueError("trace_variants needs at least one payload (None for the baseline)")
     enc = _as_inputs(model, inputs, chat)
-    records = [telemetry and p is not None for p in payloads]
-    device = _device(model)
-    states = [runtime.new_state(p or {}, device, telemetry=r) for p, r in zip(payloads, records, strict=True)]
+    records, states = run_states(model, payloads, telemetry)
     backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
     started = time.perf_counter()
     outs, teles = _run_trace(model, enc, list(payloads), states, logits == "last", backend)

@@ -35,7 +35,7 @@ __all__ = [
     "num_layers",
     "replace_bth",
     "site_module",
-    "unembed_module",
+    "unembed_path",
 ]
 
 SITES: tuple[str, ...] = ("resid", "attn", "mlp")
@@ -208,15 +208,15 @@ def replace_bth(output: Any, value: torch.Tensor) -> Any:
     return value
 
 
-def unembed_module(model: object) -> Any:
-    """The output-embedding module (``lm_head``, ``embed_out``, …): its ``.input`` is the final hidden state
-    ``[B, T, H]`` that the next-token logits are read from."""
+def unembed_path(model: object) -> str:
+    """Dotted path of the output-embedding module (``lm_head``, ``embed_out``, …): its ``.input`` is the
+    final hidden state ``[B, T, H]`` that the next-token logits are read from."""
     inner = hf_module(model)
     getter = getattr(inner, "get_output_embeddings", None)
     head = getter() if inner is not None and callable(getter) else None
     if head is None or inner is None:
         raise UserError("--model", f"{_class_name(model)} has no output embedding (it is not a causal language model)")
     for name, module in inner.named_modules():
-        if module is head:
-            return _walk(model, name) if name else model
+        if module is head and name:
+            return str(name)
     raise UserError("--model", f"the output embedding of {_class_name(model)} is not among its modules")
