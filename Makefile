@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck imports unit bench clean
 
 install: $(STAMP)
 
@@ -26,13 +26,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# The stage folders import one way and without cycles (contracts in pyproject.toml; docs/architecture.md).
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports
+
 unit: $(STAMP)
 	$(PY) -m pytest
 
-test: lint typecheck unit
+test: lint typecheck imports unit
 
 demo: $(STAMP)
-	$(PY) -m constraintdsl.demo
+	$(PY) -m constraintdsl.cli.demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/parse.py

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from constraintdsl import load, load_model  # noqa: E402
-from constraintdsl.compare import (  # noqa: E402
+from constraintdsl.cli.run import read_prompts  # noqa: E402
+from constraintdsl.compare.comparison import (  # noqa: E402
     PASS_LOGIT_BUDGET,
     Inputs,
     _payloads,
@@ -43,10 +44,13 @@ from constraintdsl.compare import (  # noqa: E402
     corpus_windows,
     read_corpus,
 )
-from constraintdsl.execute import read_prompts  # noqa: E402
-from constraintdsl.measure import Read, project_rows, score_corpus  # noqa: E402
-from constraintdsl.readout import generated_mask  # noqa: E402
-from constraintdsl.runner import generate_variants  # noqa: E402
+from constraintdsl.compare.passes import score_corpus  # noqa: E402
+from constraintdsl.run.readout import (  # noqa: E402
+    Read,
+    generated_mask,
+    project_rows,
+)
+from constraintdsl.run.runner import generate_variants  # noqa: E402
 
 SPEC = """version 1
 name "floor-sweep"
@@ -107,8 +111,8 @@ def main() -> None:
         arms, _ = build_arms(model, [spec], marginal=False)
         plan = arms[1].plan
         assert plan is not None
-        from constraintdsl.artifacts import load_artifact
-        from constraintdsl.concepts import recommended_layers
+        from constraintdsl.concepts.artifact import load_artifact
+        from constraintdsl.concepts.extract import recommended_layers
 
         art = load_artifact(plan.concepts["sentiment"])
         layer = recommended_layers(art, top=1)[0]

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from constraintdsl.artifacts import build_concept
-from constraintdsl.concepts import recommended_layers
-from constraintdsl.models import load_model
+from constraintdsl.concepts.build import build_concept
+from constraintdsl.concepts.extract import recommended_layers
+from constraintdsl.models.loading import load_model
 
 DATA = Path(__file__).resolve().parent.parent / "specs" / "data"
 

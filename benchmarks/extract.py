@@ -40,9 +40,9 @@ from typing import Any
 
 import torch
 
-from constraintdsl.concepts import _batches, _tensors, encode_pairs, extract
-from constraintdsl.models import load_model
-from constraintdsl.pairs import Pair, PairSet, load_pairs
+from constraintdsl.concepts.extract import _batches, _tensors, encode_pairs, extract
+from constraintdsl.concepts.pairs import Pair, PairSet, load_pairs
+from constraintdsl.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 16

@@ -38,8 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import constraintdsl as cdsl
-from constraintdsl import runner, runtime
-from constraintdsl.artifacts import PERCENTILE_LEVELS, Calibration, ConceptArtifact
+from constraintdsl.concepts.artifact import PERCENTILE_LEVELS, Calibration, ConceptArtifact
+from constraintdsl.run import runner
+from constraintdsl.runtime import interventions as runtime
 
 LAYERS = (10, 11, 12, 13, 14)
 SPEC = """version 1

@@ -50,7 +50,8 @@ def variants(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 def measure(model: Any, payloads: list[dict[str, Any]], host: str, tokens: int, repeats: int) -> dict[str, float]:
     """Median seconds locally and remotely, and the remote request's bytes each way."""
-    from constraintdsl import remote, runner
+    from constraintdsl.models import ndif as remote
+    from constraintdsl.run import runner
 
     local, far, request_bytes, response_bytes = [], [], 0, 0
     for _ in range(repeats):
@@ -84,9 +85,9 @@ def main() -> int:
 
     import torch
 
-    from constraintdsl.compiler import resolve
-    from constraintdsl.load import load
-    from constraintdsl.models import load_model
+    from constraintdsl.compiler.resolve import resolve
+    from constraintdsl.lang.loading import load
+    from constraintdsl.models.loading import load_model
 
     torch.manual_seed(0)
     spec = load(str(REPO / "specs" / "examples" / "sentiment-steer.cdsl"))

@@ -1,44 +1,89 @@
 """constraintdsl: constraint sets over a language model's concept directions, as data.
 
 Write constraint sets as small ``.cdsl`` (or YAML) files, parse them into a typed, immutable
-:class:`Spec`, and compare, hash, diff and format them as data.
+:class:`Spec`, and compare, hash, diff and format them as data; compile them for a model and run them
+inside nnsight (``compile``, ``apply``, ``install``).
+
+The package is laid out by stage, each importing only the ones before it (docs/architecture.md):
+``lang`` (text → Spec) → ``models`` → ``concepts`` → ``compiler`` (Spec + model → Plan) → ``run``
+(Plan → nnsight traces, local or NDIF) → ``compare`` → ``cli``; ``runtime`` is the torch-only code
+that touches activations (and travels to NDIF).
 """
 
 from __future__ import annotations
 
-from .canonical import spec_hash
-from .diff import Change, diff
+import importlib
+import warnings
+
+from ._version import __version__
 from .errors import Diagnostic, Span, SpecError, UserError
-from .load import load, parse_file
-from .parser import parse
-from .spec import Ablate, Clamp, Concept, Gate, Include, Let, Pin, Ref, Scale, Spec, Steer, Tokens, Unit, Value
-from .variants import Variant, expand
+from .lang.canonical import spec_hash
+from .lang.diff import Change, diff
+from .lang.loading import load, parse, parse_file
+from .lang.nodes import Ablate, Clamp, Concept, Gate, Include, Let, Pin, Ref, Scale, Steer, Tokens, Unit, Value
+from .lang.spec import Spec
+from .lang.variants import Variant, expand
 
-__version__ = "0.1.0"
-
-# Names that need torch/nnsight load on first use, so `import constraintdsl` stays light.
+# Names that need torch/nnsight, loaded on first use so `import constraintdsl` stays light.
 _LAZY = {
-    "compile": "api",
-    "apply": "api",
-    "install": "api",
-    "uninstall": "api",
-    "Plan": "compiler",
-    "resolve": "compiler",
-    "load_model": "models",
+    "BoundPlan": "run.api",
+    "compile": "run.api",
+    "apply": "run.api",
+    "install": "run.api",
+    "uninstall": "run.api",
+    "resolve": "run.api",
+    "Plan": "compiler.plan",
+    "load_model": "models.loading",
+}
+
+# Modules of the flat layout before the stage folders, kept importable as attributes
+# (`from constraintdsl import runner`) for one release.
+_MOVED = {
+    "ab": "compare.ab",
+    "api": "run.api",
+    "artifacts": "concepts.artifact",
+    "canonical": "lang.canonical",
+    "commands": "cli.spec_files",
+    "execute": "cli.run",
+    "explain": "compiler.explain",
+    "extraction": "runtime.extraction",
+    "measure": "compare.passes",
+    "metrics": "compare.metrics",
+    "pairs": "concepts.pairs",
+    "parser": "lang.parser",
+    "readout": "run.readout",
+    "remote": "models.ndif",
+    "report": "compare.report",
+    "runner": "run.runner",
+    "scoring": "runtime.scoring",
+    "sites": "models.sites",
+    "store": "compare.store",
+    "syntax_errors": "lang.syntax_errors",
+    "telemetry": "compiler.telemetry",
+    "validate": "lang.validate",
+    "variants": "lang.variants",
+    "yaml_twin": "lang.yaml_twin",
 }
 
 
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'constraintdsl' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    if module is not None:
+        return getattr(importlib.import_module(f".{module}", __name__), name)
+    moved = _MOVED.get(name)
+    if moved is not None:
+        warnings.warn(
+            f"constraintdsl.{name} moved to constraintdsl.{moved}; the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module(f".{moved}", __name__)
+    raise AttributeError(f"module 'constraintdsl' has no attribute {name!r}")
 
 
 __all__ = [
     "Ablate",
+    "BoundPlan",
     "Change",
     "Clamp",
     "Concept",

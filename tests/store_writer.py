@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from constraintdsl.store import ResultRecord, RunStore
+from constraintdsl.compare.store import ResultRecord, RunStore
 
 
 def main() -> int:

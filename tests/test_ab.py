@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from constraintdsl.ab import load_ab
+from constraintdsl.compare.ab import load_ab
 from constraintdsl.errors import SpecError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]

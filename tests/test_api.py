@@ -57,7 +57,7 @@ def test_apply_compiles_a_spec_given_with_its_model(model: Any) -> None:
 
 
 def test_install_keeps_the_plan_on_for_later_runs_until_uninstalled(model: Any, plan: Any) -> None:
-    from constraintdsl import runner
+    from constraintdsl.run import runner
 
     enc = dict(model.tokenizer(["hello there"], return_tensors="pt"))
     plain = runner.trace(model, None, enc).logits

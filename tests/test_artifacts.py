@@ -12,21 +12,20 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from constraintdsl import artifacts
-from constraintdsl.artifacts import (
+from constraintdsl.concepts import build as artifacts
+from constraintdsl.concepts.artifact import (
     PERCENTILE_LEVELS,
     REQUIRED_METADATA,
     Calibration,
     ConceptArtifact,
     artifact_hash,
-    build_concept,
-    cache_path,
     check_compatible,
     load_artifact,
     save_artifact,
 )
+from constraintdsl.concepts.build import build_concept, cache_path
 from constraintdsl.errors import Span, SpecError, UserError
-from constraintdsl.models import ModelIdentity
+from constraintdsl.models.loading import ModelIdentity
 from tests.tiny import tiny_nnsight
 
 H = 8
@@ -376,9 +375,9 @@ def test_a_corrupt_cache_entry_is_rebuilt(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_an_extracted_artifact_round_trips_and_checks_against_its_model(tmp_path: Path) -> None:
-    from constraintdsl.concepts import extract
-    from constraintdsl.models import model_identity
-    from constraintdsl.pairs import load_pairs
+    from constraintdsl.concepts.extract import extract
+    from constraintdsl.concepts.pairs import load_pairs
+    from constraintdsl.models.loading import model_identity
 
     pairs = tmp_path / "tone.yaml"
     pairs.write_text(PAIRS)
@@ -400,11 +399,11 @@ def test_concept_build_and_show_print_the_layer_table_and_write_the_artifact(
 ) -> None:
     from typer.testing import CliRunner
 
-    import constraintdsl.models
-    from constraintdsl.cli_concept import concept_app
+    import constraintdsl.models.loading
+    from constraintdsl.cli.concept import concept_app
 
     monkeypatch.setenv("CONSTRAINTDSL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(constraintdsl.models, "load_model", lambda name, dtype="float32": tiny_nnsight("llama"))
+    monkeypatch.setattr(constraintdsl.models.loading, "load_model", lambda name, dtype="float32": tiny_nnsight("llama"))
     monkeypatch.setenv("COLUMNS", "200")
     pairs = tmp_path / "tone.yaml"
     pairs.write_text(PAIRS)
@@ -431,7 +430,7 @@ def test_concept_build_and_show_print_the_layer_table_and_write_the_artifact(
 
 
 def test_the_layers_flag_accepts_ranges_lists_and_negative_indices() -> None:
-    from constraintdsl.cli_concept import _parse_layers
+    from constraintdsl.cli.concept import _parse_layers
 
     assert _parse_layers("10-14") == [10, 11, 12, 13, 14]
     assert _parse_layers("10..12") == _parse_layers("10–12") == [10, 11, 12]

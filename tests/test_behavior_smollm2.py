@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import constraintdsl as cdsl
-from constraintdsl import runner
-from constraintdsl.artifacts import load_artifact
-from constraintdsl.concepts import recommended_layers
-from constraintdsl.execute import read_prompts
-from constraintdsl.readout import readout
+from constraintdsl.cli.run import read_prompts
+from constraintdsl.concepts.artifact import load_artifact
+from constraintdsl.concepts.extract import recommended_layers
+from constraintdsl.run import runner
+from constraintdsl.run.readout import readout
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = read_prompts(str(ROOT / "specs" / "prompts" / "neutral.txt"))
@@ -65,7 +65,7 @@ def test_a_steer_with_a_clamp_moves_it_further(model: Any) -> None:
 def test_cdsl_run_reports_generations_effect_and_telemetry_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from constraintdsl.cli import main
+    from constraintdsl.cli.app import main
 
     spec = str(ROOT / "specs" / "examples" / "sentiment-steer.cdsl")
     code = main(
@@ -81,7 +81,7 @@ def test_cdsl_run_reports_generations_effect_and_telemetry_as_json(capsys: pytes
 
 
 def test_a_higher_sentiment_floor_costs_more_tax_and_moves_text_further(model: Any) -> None:
-    from constraintdsl.compare import Inputs, compare, corpus_windows, read_corpus
+    from constraintdsl.compare.comparison import Inputs, compare, corpus_windows, read_corpus
 
     spec = cdsl.parse(
         HEAD + "let floor = 0.5 | 2\nclamp sentiment >= $floor at layers 10-14\n",
@@ -99,7 +99,7 @@ def test_a_higher_sentiment_floor_costs_more_tax_and_moves_text_further(model: A
 
 
 def test_the_shipped_reference_corpus_has_at_least_20k_tokens(model: Any) -> None:
-    from constraintdsl.compare import corpus_windows, read_corpus
+    from constraintdsl.compare.comparison import corpus_windows, read_corpus
 
     docs = read_corpus(str(ROOT / "specs" / "corpus" / "neutral.txt"))
     _, total = corpus_windows(model.tokenizer, docs)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from constraintdsl.cli import main
+from constraintdsl.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "specs" / "examples"
@@ -209,7 +209,7 @@ def test_python_dash_m_runs_the_cli() -> None:
 def test_an_internal_error_is_reported_without_traceback_unless_debug(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from constraintdsl import commands
+    from constraintdsl.cli import spec_files as commands
 
     def boom(*args: object, **kwargs: object) -> int:
         raise RuntimeError("boom")

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import constraintdsl as cdsl
-from constraintdsl import runner
-from constraintdsl.artifacts import PERCENTILE_LEVELS, save_artifact
-from constraintdsl.compare import Inputs, build_arms, compare, corpus_windows
-from constraintdsl.models import model_identity
-from constraintdsl.report import load_table, summary_table, write_report
+from constraintdsl.compare.comparison import Inputs, build_arms, compare, corpus_windows
+from constraintdsl.compare.report import load_table, summary_table, write_report
+from constraintdsl.concepts.artifact import PERCENTILE_LEVELS, save_artifact
+from constraintdsl.models.loading import model_identity
+from constraintdsl.run import runner
 from tests.test_compiler import artifact
 from tests.tiny import tiny_nnsight
 
@@ -83,7 +83,7 @@ def inputs(model: Any) -> Inputs:
 def direct_logits(model: Any, plan: Any, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and final hidden states of one plain run of ``plan`` (None: baseline) over ``ids``, with the
     first 3 tokens as the prompt — computed with nnsight directly, one spec at a time."""
-    from constraintdsl import runtime
+    from constraintdsl.runtime import interventions as runtime
 
     state = runtime.new_state(plan.payload if plan else {}, telemetry=False)
     state["given_prompt_len"] = torch.full((ids.shape[0],), 3)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from constraintdsl.cli import main
-from constraintdsl.models import load_model
+from constraintdsl.cli.app import main
+from constraintdsl.models.loading import load_model
 from tests.test_compare import write_concepts
 from tests.tiny import tiny_hf, tiny_tokenizer
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from constraintdsl import SpecError, parse
-from constraintdsl.artifacts import PERCENTILE_LEVELS, Calibration, ConceptArtifact
-from constraintdsl.compiler import Plan, resolve, resolve_layers
-from constraintdsl.spec import Depth, LayerRange, Layers
+from constraintdsl.compiler.plan import Plan
+from constraintdsl.compiler.resolve import resolve, resolve_layers
+from constraintdsl.concepts.artifact import PERCENTILE_LEVELS, Calibration, ConceptArtifact
+from constraintdsl.lang.nodes import Depth, LayerRange, Layers
 from tests.tiny import tiny_nnsight
 
 H, N = 32, 3
@@ -210,7 +211,7 @@ def test_explain_shows_layers_raw_bounds_tokens_and_gates(model: Any) -> None:
 
 
 def test_the_payload_runs_in_the_runtime_and_holds_the_bounds(model: Any) -> None:
-    from constraintdsl.runtime import apply_site
+    from constraintdsl.runtime.interventions import apply_site
 
     plan = compile_(model, "clamp a >= 0.5 at layer 0\nclamp b in [-1, 0] at layer 0\n")
     (site,) = plan.payload["sites"]

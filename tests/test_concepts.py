@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from constraintdsl.artifacts import PERCENTILE_LEVELS, ConceptArtifact
-from constraintdsl.concepts import auroc, encode_pairs, extract, recommended_layers, resolve_layers
+from constraintdsl.concepts.artifact import PERCENTILE_LEVELS, ConceptArtifact
+from constraintdsl.concepts.extract import auroc, encode_pairs, extract, recommended_layers, resolve_layers
+from constraintdsl.concepts.pairs import PairSet, load_pairs
 from constraintdsl.errors import SpecError, UserError
-from constraintdsl.pairs import PairSet, load_pairs
-from constraintdsl.sites import as_bth, site_module
+from constraintdsl.models.sites import as_bth, site_module
 from tests.tiny import tiny_nnsight
 
 REPO = Path(__file__).resolve().parent.parent
@@ -354,7 +354,8 @@ def test_a_plain_text_of_one_token_is_a_located_error(tmp_path: Path) -> None:
 def test_the_in_trace_extraction_module_imports_only_what_travels_to_a_server() -> None:
     import ast
 
-    from constraintdsl import extraction, remote
+    from constraintdsl.models import ndif as remote
+    from constraintdsl.runtime import extraction
 
     tree = ast.parse(Path(extraction.__file__ or "").read_text())
     imported: set[str] = set()
@@ -374,7 +375,8 @@ def test_the_in_trace_extraction_module_imports_only_what_travels_to_a_server() 
 def test_the_extraction_module_travels_by_value_once_the_runtime_is_registered() -> None:
     import cloudpickle
 
-    from constraintdsl import extraction, remote
+    from constraintdsl.models import ndif as remote
+    from constraintdsl.runtime import extraction
 
     remote.register_runtime()
     assert cloudpickle.cloudpickle._is_registered_pickle_by_value(extraction)
@@ -385,7 +387,7 @@ def test_a_remote_build_with_no_server_listening_is_a_clear_error_without_a_trac
 ) -> None:
     import socket
 
-    from constraintdsl.cli import main
+    from constraintdsl.cli.app import main
     from tests.tiny import tiny_hf, tiny_tokenizer
 
     folder = tmp_path / "tiny"
@@ -413,7 +415,7 @@ SHIPPED = {"helpfulness": 0.90, "refusal": 0.90, "sentiment": 0.95, "formality":
 
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[Any]:
-    from constraintdsl.models import load_model
+    from constraintdsl.models.loading import load_model
 
     yield load_model("smollm2")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from constraintdsl import Spec, SpecError, UserError, load, parse, parse_file
-from constraintdsl.cli import main
+from constraintdsl.cli.app import main
 
 CASES = Path(__file__).parent / "cases"
 MB = 1_000_000

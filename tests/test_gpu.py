@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from constraintdsl import runner
-from constraintdsl.compare import Inputs, compare, corpus_windows
+from constraintdsl.compare.comparison import Inputs, compare, corpus_windows
+from constraintdsl.run import runner
 from tests.test_compare import TEXT, spec, write_concepts
 from tests.test_compiler import compile_
 from tests.tiny import tiny_nnsight

@@ -17,8 +17,19 @@ import nnsight
 import pytest
 import torch
 
-from constraintdsl import runner, runtime
-from constraintdsl.runtime import ALL, FIRST, GENERATED, LAST, PROMPT, SCALE, STEER, apply_site, gate_values
+from constraintdsl.run import runner
+from constraintdsl.runtime import interventions as runtime
+from constraintdsl.runtime.interventions import (
+    ALL,
+    FIRST,
+    GENERATED,
+    LAST,
+    PROMPT,
+    SCALE,
+    STEER,
+    apply_site,
+    gate_values,
+)
 from tests.tiny import HIDDEN, tiny_hf, tiny_nnsight, tiny_tokenizer
 
 ARCHS = ("llama", "gpt2")

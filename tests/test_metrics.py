@@ -18,9 +18,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import constraintdsl.scoring as scoring_module
-from constraintdsl.metrics import ab_probability, participation_ratio, tax
-from constraintdsl.scoring import answer_logprob, corpus_sums, hidden_sums
+import constraintdsl.runtime.scoring as scoring_module
+from constraintdsl.compare.metrics import ab_probability, participation_ratio, tax
+from constraintdsl.runtime.scoring import answer_logprob, corpus_sums, hidden_sums
 
 FEW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from constraintdsl import models
 from constraintdsl.errors import UserError
-from constraintdsl.models import (
+from constraintdsl.models import loading as models
+from constraintdsl.models.loading import (
     DEFAULT_MODEL,
     cache_dir,
     embedded_model_file,

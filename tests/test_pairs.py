@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from constraintdsl.concepts.pairs import load_pairs
 from constraintdsl.errors import SpecError, UserError
-from constraintdsl.pairs import load_pairs
 
 GOOD = """\
 concept: sentiment

@@ -11,8 +11,9 @@ import pytest
 import torch
 from nnsight.intervention.interleaver import OutOfOrderError
 
-from constraintdsl import runner, runtime
-from constraintdsl.runtime import ALL, FIRST, GENERATED, LAST, STEER
+from constraintdsl.run import runner
+from constraintdsl.runtime import interventions as runtime
+from constraintdsl.runtime.interventions import ALL, FIRST, GENERATED, LAST, STEER
 from tests.test_lowering import (  # noqa: F401  (one_thread is an autouse fixture)
     NEW_TOKENS,
     PROMPTS,

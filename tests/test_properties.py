@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from constraintdsl import SpecError, parse
-from constraintdsl.parser import canonical_layers
-from constraintdsl.spec import (
+from constraintdsl.lang.nodes import (
     Ablate,
     Clamp,
     Concept,
@@ -23,13 +22,14 @@ from constraintdsl.spec import (
     Op,
     Pin,
     Scale,
-    Spec,
     Steer,
     Tokens,
     Unit,
     Value,
 )
-from constraintdsl.yaml_twin import parse_yaml
+from constraintdsl.lang.parser import canonical_layers
+from constraintdsl.lang.spec import Spec
+from constraintdsl.lang.yaml_twin import parse_yaml
 
 FAST = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -138,7 +138,7 @@ def test_formatting_is_idempotent(spec: Spec) -> None:
 @FAST
 @given(specs())
 def test_dsl_to_yaml_to_dsl_is_the_identity(spec: Spec) -> None:
-    from constraintdsl.validate import assemble
+    from constraintdsl.lang.validate import assemble
 
     yaml_text = spec.to_yaml()
     header, statements, diags = parse_yaml(yaml_text, "twin.yaml")

@@ -26,8 +26,9 @@ from nnsight.tracing.backend import Backend
 from nnsight.tracing.tracer import save
 from nnsight.tracing.util import push
 
-import constraintdsl.runtime as runtime_module
-from constraintdsl import remote, runner
+import constraintdsl.runtime.interventions as runtime_module
+from constraintdsl.models import ndif as remote
+from constraintdsl.run import runner
 from tests.test_compiler import compile_
 from tests.tiny import tiny_hf, tiny_nnsight, tiny_tokenizer
 
@@ -185,7 +186,7 @@ def _free_port() -> int:
 @pytest.fixture()
 def named_tiny(saved_model: Path) -> Any:
     """The tiny model loaded from a folder, so nnsight can name it for a server."""
-    from constraintdsl.models import load_model
+    from constraintdsl.models.loading import load_model
 
     return load_model(str(saved_model))
 

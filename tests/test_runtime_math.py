@@ -14,7 +14,16 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from constraintdsl.runtime import ALL, GENERATED, LAST, PROMPT, STEER, apply_site, prepare_group, solve_bounds
+from constraintdsl.runtime.interventions import (
+    ALL,
+    GENERATED,
+    LAST,
+    PROMPT,
+    STEER,
+    apply_site,
+    prepare_group,
+    solve_bounds,
+)
 
 H = 8
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -164,7 +173,7 @@ def test_unselected_tokens_and_padding_keep_their_exact_bits() -> None:
 
 
 def test_token_selections_count_on_real_tokens_from_the_right() -> None:
-    from constraintdsl.runtime import FIRST, token_mask
+    from constraintdsl.runtime.interventions import FIRST, token_mask
 
     positions = torch.tensor([[-1, 0, 1, 2], [0, 1, 2, 3]])
     prompt_len, total = torch.tensor([3, 4]), torch.tensor([3, 4])

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig
 
 from constraintdsl.errors import UserError
-from constraintdsl.sites import (
+from constraintdsl.models.sites import (
     ARCHITECTURES,
     SITES,
     arch_sites,

@@ -11,7 +11,7 @@ import pytest
 
 import constraintdsl as cdsl
 from constraintdsl import Clamp, Spec, SpecError, Unit, Value, load, parse
-from constraintdsl.spec import Depth, LayerRange, Layers, Tokens
+from constraintdsl.lang.nodes import Depth, LayerRange, Layers, Tokens
 
 HEAD = 'version 1\nconcept h from pairs "h.yaml"\nconcept r from pairs "r.yaml"\n'
 
@@ -164,7 +164,7 @@ def test_importing_the_package_has_no_heavy_side_effects() -> None:
     code = (
         "import sys, constraintdsl; "
         "assert 'torch' not in sys.modules and 'nnsight' not in sys.modules, sorted(sys.modules); "
-        "from constraintdsl.parser import _lark; assert _lark.cache_info().currsize == 0"
+        "from constraintdsl.lang.parser import _lark; assert _lark.cache_info().currsize == 0"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -201,4 +201,4 @@ def test_the_grammar_ships_inside_the_wheel(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("constraintdsl-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "constraintdsl/grammars/constraint.lark" in names
-    assert "constraintdsl/parser.py" in names
+    assert "constraintdsl/lang/parser.py" in names

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from constraintdsl.compare.store import BASELINE, SCHEMA_VERSION, STORE_ENV, ResultRecord, RunRecord, RunStore
 from constraintdsl.errors import UserError
-from constraintdsl.store import BASELINE, SCHEMA_VERSION, STORE_ENV, ResultRecord, RunRecord, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("store_writer.py")

@@ -7,8 +7,8 @@ import pytest
 from lark.exceptions import UnexpectedInput
 
 from constraintdsl import SpecError, parse
-from constraintdsl.parser import _label, _lark
-from constraintdsl.syntax_errors import EXAMPLES, MESSAGES
+from constraintdsl.lang.parser import _label, _lark
+from constraintdsl.lang.syntax_errors import EXAMPLES, MESSAGES
 
 CASES = [(label, example) for label, examples in EXAMPLES.items() for example in examples]
 

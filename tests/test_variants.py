@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 
 import constraintdsl as cdsl
 from constraintdsl import Let, Ref, SpecError, UserError, Value, Variant, expand, load, parse
-from constraintdsl.cli import main
-from constraintdsl.spec import Clamp, Concept, Gate, LayerRange, Layers, Pin, Scale, Spec, Steer, Unit
-from constraintdsl.validate import assemble
-from constraintdsl.variants import MAX_VARIANTS, select
-from constraintdsl.yaml_twin import parse_yaml
+from constraintdsl.cli.app import main
+from constraintdsl.lang.nodes import Clamp, Concept, Gate, LayerRange, Layers, Pin, Scale, Steer, Unit
+from constraintdsl.lang.spec import Spec
+from constraintdsl.lang.validate import MAX_VARIANTS, assemble
+from constraintdsl.lang.variants import select
+from constraintdsl.lang.yaml_twin import parse_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "specs" / "examples"

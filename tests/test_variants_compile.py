@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from constraintdsl import SpecError, expand, parse
-from constraintdsl.compiler import resolve
+from constraintdsl.compiler.resolve import resolve
 from tests.test_compiler import HEAD, artifact
 from tests.tiny import tiny_nnsight
 
@@ -29,7 +29,7 @@ def test_resolving_a_spec_with_variables_is_an_error_at_its_first_variable(model
     (d,) = info.value.diagnostics
     assert (d.span.path, d.span.line, d.span.col) == ("sweep.cdsl", 7, 12)
     assert d.message == "this spec has variants (floor: 4 values, k: 1 value)"
-    assert d.hint == "compile one variant (`constraintdsl.variants.expand`) or compare them with `cdsl compare`"
+    assert d.hint == "compile one variant (`constraintdsl.expand`) or compare them with `cdsl compare`"
 
 
 def test_each_variant_compiles_to_the_plan_of_the_spec_written_out_by_hand(model: Any) -> None:

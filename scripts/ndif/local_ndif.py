@@ -424,7 +424,7 @@ def prepare_models(state: Path, with_smollm2: bool) -> dict[str, dict[str, Any]]
         tiny_tokenizer().save_pretrained(tiny)
     folders = {"tiny": tiny}
     if with_smollm2:
-        from constraintdsl.models import _embedded_folder
+        from constraintdsl.models.loading import _embedded_folder
 
         folders["smollm2"] = _embedded_folder()[0]
     for name, folder in folders.items():

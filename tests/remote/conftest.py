@@ -83,7 +83,7 @@ def tiny_folder(ndif_host: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(ndif_host: str) -> Any:
     """The tiny Llama the server hosts, loaded locally from the same folder."""
-    from constraintdsl.models import load_model
+    from constraintdsl.models.loading import load_model
 
     torch.set_num_threads(1)
     return load_model(str(_folder("CDSL_NDIF_TINY")))
@@ -92,7 +92,7 @@ def tiny_model(ndif_host: str) -> Any:
 @pytest.fixture(scope="session")
 def smollm2(ndif_host: str) -> Any:
     """SmolLM2 as the server hosts it (its converted folder), loaded locally."""
-    from constraintdsl.models import load_model
+    from constraintdsl.models.loading import load_model
 
     folder = _folder("CDSL_NDIF_SMOLLM2")
     model = load_model("smollm2")

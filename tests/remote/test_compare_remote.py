@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from constraintdsl import parse
-from constraintdsl.ab import ABItem, ABSet
-from constraintdsl.compare import Inputs, compare, corpus_windows
+from constraintdsl.compare.ab import ABItem, ABSet
+from constraintdsl.compare.comparison import Inputs, compare, corpus_windows
 from tests.remote.test_remote_ndif import Requests
 from tests.test_compiler import HEAD, artifact
 

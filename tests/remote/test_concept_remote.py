@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from constraintdsl.artifacts import load_artifact
-from constraintdsl.cli import main
-from constraintdsl.concepts import encode_pairs, extract
-from constraintdsl.pairs import PairSet, load_pairs
+from constraintdsl.cli.app import main
+from constraintdsl.concepts.artifact import load_artifact
+from constraintdsl.concepts.extract import encode_pairs, extract
+from constraintdsl.concepts.pairs import PairSet, load_pairs
 from tests.remote.test_remote_ndif import Requests
 from tests.test_concepts import PLAIN
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from constraintdsl import remote, runner
-from constraintdsl.compiler import resolve
-from constraintdsl.load import load
+from constraintdsl.compiler.resolve import resolve
+from constraintdsl.lang.loading import load
+from constraintdsl.models import ndif as remote
+from constraintdsl.run import runner
 from tests.test_compiler import compile_
 from tests.tiny import tiny_hf, tiny_tokenizer
 
@@ -150,7 +151,7 @@ def test_a_job_submitted_without_waiting_is_fetched_later(tiny_model: Any, ndif_
 
 
 def test_a_model_the_server_does_not_host_is_a_clear_error(tmp_path: Path, ndif_host: str) -> None:
-    from constraintdsl.models import load_model
+    from constraintdsl.models.loading import load_model
 
     folder = tmp_path / "not-hosted"
     tiny_hf("llama", seed=3).save_pretrained(folder)

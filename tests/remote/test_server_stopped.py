@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from constraintdsl.commands import EXIT_INVALID
+from constraintdsl.cli.common import EXIT_INVALID
 from tests.remote.conftest import Victim
 
 # long enough that the run is still going when the front is stopped (about 50 ms a token on a 2-core CPU),

@@ -1,0 +1,453 @@
+"""``cdsl compare`` and ``cdsl runs list|show``: constraint sets compared on the same inputs, and the run store.
+
+Each verb's work is a function that returns an exit code (progress to ``err``, results to ``out``);
+:func:`register` adds their command-line parsing to the ``cdsl`` app.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
+
+import typer
+
+from constraintdsl.errors import UserError
+from constraintdsl.lang.loading import load
+
+from .common import EXIT_FAILED, EXIT_OK, Dtype
+
+if TYPE_CHECKING:
+    from constraintdsl.compare.comparison import Comparison, Inputs
+    from constraintdsl.compare.store import RunRecord, RunStore
+    from constraintdsl.lang.spec import Spec
+
+__all__ = ["CompareOptions", "compare_command", "register", "runs_list", "runs_show", "shipped"]
+
+_SHIPPED = {
+    "prompts": ("prompts", "compare.txt"),
+    "corpus": ("corpus", "neutral.txt"),
+}
+
+
+def shipped(kind: str) -> Path:
+    """A data file the project ships (``prompts``: the comparison prompts, ``corpus``: the neutral
+    reference corpus): inside the installed package, or in the source tree's ``specs/``."""
+    folder, name = _SHIPPED[kind]
+    here = Path(__file__).resolve().parents[1]  # the package folder
+    for candidate in (here / "data" / folder / name, here.parent / "specs" / folder / name):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"--{kind}", f"the shipped {kind} file is missing from this installation", f"pass --{kind} FILE")
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Everything ``cdsl compare`` was asked, after parsing."""
+
+    specs: tuple[str, ...]
+    prompts: str | None = None
+    prompt_limit: int | None = None
+    corpus: str | None = None
+    corpus_tokens: int | None = 8192
+    window: int = 128
+    ab: str | None = None
+    model: str | None = None
+    dtype: str = "float32"
+    max_new_tokens: int = 32
+    marginal: bool = True
+    report: str | None = None
+    effect: str | None = None
+    fmt: str = "text"
+    store: str | None = None
+    record: bool = True
+    from_store: bool = False
+    remote: bool = False
+    host: str | None = None
+
+
+class _Bar:
+    """A progress bar over a comparison's passes on ``err`` (compile messages before it as plain lines)."""
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+        self.bar: Any = None
+
+    def __call__(self, message: str, done: int = 0, total: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        if total == 0:
+            self.err.write(f"  {message}\n")
+            self.err.flush()
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, file=self.err, unit="pass", dynamic_ncols=True, leave=True)
+        self.bar.set_description_str(message[:60])
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
+
+
+def _inputs(opts: CompareOptions, tokenizer: Any) -> Inputs:
+    from constraintdsl.compare.ab import load_ab
+    from constraintdsl.compare.comparison import Inputs, corpus_windows, read_corpus
+
+    from .run import read_prompts
+
+    prompts_path = opts.prompts or str(shipped("prompts"))
+    prompts = read_prompts(prompts_path)
+    if opts.prompt_limit is not None:
+        prompts = prompts[: opts.prompt_limit]
+    if not prompts:
+        raise UserError(prompts_path, "no prompts to generate from", "write one prompt per line")
+    corpus_path = opts.corpus or str(shipped("corpus"))
+    windows, total = corpus_windows(
+        tokenizer, read_corpus(corpus_path), window=opts.window, max_tokens=opts.corpus_tokens
+    )
+    # the shipped files are named as such, not by where this installation keeps them
+    sources = [
+        ("prompts", opts.prompts or "shipped: prompts/compare.txt"),
+        ("corpus", opts.corpus or "shipped: corpus/neutral.txt"),
+    ]
+    ab = None
+    if opts.ab is not None:
+        ab = load_ab(opts.ab)
+        sources.append(("ab", opts.ab))
+    return Inputs(
+        prompts=tuple(prompts),
+        corpus=windows,
+        corpus_tokens_total=total,
+        ab=ab,
+        max_new_tokens=opts.max_new_tokens,
+        sources=tuple(sources),
+    )
+
+
+def _specs(paths: tuple[str, ...]) -> list[Spec]:
+    if not paths:
+        raise UserError("SPEC", "give at least one spec file to compare with the baseline", None)
+    return [load(p) for p in paths]
+
+
+def _open_store(path: str | None) -> RunStore:
+    from constraintdsl.compare.store import RunStore
+
+    return RunStore(path)
+
+
+def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
+    """``cdsl compare``: the baseline and every spec/variant on the same inputs; tables, JSON, report, store."""
+    from constraintdsl.compare.comparison import compare
+    from constraintdsl.models.loading import DEFAULT_MODEL, load_model
+
+    specs = _specs(opts.specs)
+    _check_effect(opts, specs)
+    chosen = opts.model or specs[0].model or DEFAULT_MODEL
+    err.write(f"loading model {chosen} ({opts.dtype})…\n")
+    model = load_model(chosen, dtype=opts.dtype)
+    inputs = _inputs(opts, model.tokenizer)
+    info = inputs.describe()
+    err.write(
+        f"inputs: {info['prompts']} prompts, corpus {info['corpus_tokens_used']} of {info['corpus_tokens_total']} "
+        f"tokens (--corpus-tokens), A/B items {info['ab_items']}\n"
+    )
+    if opts.from_store:
+        comparison = _from_store(opts, specs, model, inputs)
+    else:
+        target: bool | str = (opts.host or True) if opts.remote or opts.host else False
+        comparison = compare(model, specs, inputs, marginal=opts.marginal, remote=target, progress=_Bar(err))
+        if opts.record:
+            comparison = _record(opts, comparison)
+    _emit(opts, comparison, out, err)
+    return EXIT_OK
+
+
+def _check_effect(opts: CompareOptions, specs: list[Spec]) -> None:
+    """Refuse an ``--effect`` that no run could produce, before anything runs."""
+    if opts.effect is None:
+        return
+    if opts.effect == "ab":
+        if opts.ab is None:
+            raise UserError("--effect", "--effect ab needs an A/B set", "add --ab FILE")
+        return
+    used = sorted({op.concept for spec in specs for op in spec.constraints})
+    if opts.effect not in used:
+        from constraintdsl.errors import did_you_mean
+
+        raise UserError(
+            "--effect",
+            f"no spec constrains a concept named '{opts.effect}'",
+            did_you_mean(opts.effect, [*used, "ab"]) or f"choose one of: {', '.join([*used, 'ab'])}",
+        )
+
+
+def _record(opts: CompareOptions, comparison: Comparison) -> Comparison:
+    from dataclasses import replace
+
+    store = _open_store(opts.store)
+    record = store.record(
+        command="compare",
+        model=comparison.model,
+        revision=comparison.revision,
+        inputs_hash=comparison.inputs_hash,
+        settings={
+            "inputs": comparison.inputs,
+            "forward_passes": comparison.passes,
+            "seconds": comparison.seconds,
+            "prompts": list(comparison.prompts),
+        },
+        results=[
+            {
+                "label": r.label,
+                "spec_hash": r.key,
+                "spec_path": r.source or "",
+                "spec_text": r.spec_text,
+                "metrics": r.to_dict(),
+            }
+            for r in comparison.rows
+        ],
+    )
+    return replace(comparison, run_id=record.id)
+
+
+def _from_store(opts: CompareOptions, specs: list[Spec], model: Any, inputs: Inputs) -> Comparison:
+    """Rebuild a comparison from recorded results: the newest result of each spec/variant for this
+    model and these inputs; nothing runs."""
+    from constraintdsl.compare.comparison import Comparison, Row, spec_arms
+    from constraintdsl.models.loading import model_identity
+
+    ident = model_identity(model)
+    digest = inputs.digest()
+    store = _open_store(opts.store)
+    wanted = [("baseline", "baseline"), *((arm.label, arm.key) for arm in spec_arms(specs))]
+    rows: list[Row] = []
+    runs: list[str] = []
+    missing: list[str] = []
+    settings: dict[str, Any] = {}
+    for label, key in wanted:
+        found = store.latest_result(key, ident.id, digest, revision=ident.revision)
+        if found is None:
+            missing.append(label)
+            continue
+        run, result = found
+        rows.append(Row.from_dict(result.metrics))
+        settings = settings or run.settings
+        if run.id not in runs:
+            runs.append(run.id)
+    if missing:
+        raise UserError(
+            "--from-store",
+            f"no recorded result for {', '.join(missing)} with model {ident.id} and inputs {digest[:19]}…",
+            "run the comparison once without --from-store (same inputs and options), then rebuild it",
+        )
+    return Comparison(
+        model=ident.id,
+        revision=ident.revision,
+        inputs_hash=digest,
+        inputs=inputs.describe(),
+        rows=tuple(rows),
+        prompts=inputs.prompts,
+        passes=dict(settings.get("forward_passes", {})),
+        seconds=dict(settings.get("seconds", {})),
+        run_id=",".join(runs),
+    )
+
+
+def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO) -> None:
+    from constraintdsl.compare.report import load_table, summary_table, write_report
+
+    if opts.report is not None:
+        command = "cdsl compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else ""
+        path = write_report(comparison, opts.report, concept=opts.effect, command=command)
+        err.write(f"wrote report {path}/report.md\n")
+    if opts.fmt == "json":
+        out.write(json.dumps(comparison.to_dict(), indent=2, allow_nan=True) + "\n")
+        return
+    out.write(summary_table(comparison) + "\n\n")
+    out.write(load_table(comparison) + "\n")
+    p = comparison.passes
+    out.write(
+        f"\nforward passes: {', '.join(f'{k} {v}' for k, v in p.items())}; "
+        f"{comparison.seconds.get('total', math.nan):.1f} s"
+        + (f"; run {comparison.run_id}" if comparison.run_id else "")
+        + "\n"
+    )
+
+
+def runs_list(store_path: str | None, *, limit: int, fmt: str, out: TextIO) -> int:
+    """``cdsl runs list``: recorded runs, newest first."""
+    from constraintdsl.tables import text_table
+
+    records = _open_store(store_path).list(limit=limit)
+    if fmt == "json":
+        out.write(json.dumps([_run_dict(r) for r in records], indent=2, allow_nan=True) + "\n")
+        return EXIT_OK
+    if not records:
+        out.write("no runs recorded\n")
+        return EXIT_OK
+    body = [
+        [r.id, _when(r.created), r.model, r.inputs_hash[:19], ", ".join(x.label for x in r.results[1:])]
+        for r in records
+    ]
+    out.write(text_table(["id", "created", "model", "inputs", "specs"], body) + "\n")
+    return EXIT_OK
+
+
+def runs_show(store_path: str | None, run_id: str, *, fmt: str, out: TextIO) -> int:
+    """``cdsl runs show ID``: one recorded run's table (or JSON)."""
+    from constraintdsl.compare.comparison import Comparison, Row
+    from constraintdsl.compare.report import load_table, summary_table
+
+    record = _open_store(store_path).get(run_id)
+    if fmt == "json":
+        out.write(json.dumps(_run_dict(record), indent=2, allow_nan=True) + "\n")
+        return EXIT_OK
+    settings = record.settings
+    comparison = Comparison(
+        model=record.model,
+        revision=record.revision,
+        inputs_hash=record.inputs_hash,
+        inputs=dict(settings.get("inputs", {})),
+        rows=tuple(Row.from_dict(r.metrics) for r in record.results),
+        prompts=tuple(settings.get("prompts", ())),
+        passes=dict(settings.get("forward_passes", {})),
+        seconds=dict(settings.get("seconds", {})),
+        run_id=record.id,
+    )
+    out.write(f"run {record.id}  {_when(record.created)}  model {record.model}  inputs {record.inputs_hash}\n\n")
+    out.write(summary_table(comparison) + "\n\n" + load_table(comparison) + "\n")
+    return EXIT_OK if record.results else EXIT_FAILED
+
+
+def _when(created: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(created, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _run_dict(record: RunRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "created": record.created,
+        "command": record.command,
+        "model": record.model,
+        "revision": record.revision,
+        "inputs_hash": record.inputs_hash,
+        "settings": record.settings,
+        "tool_version": record.tool_version,
+        "results": [
+            {"label": r.label, "spec_hash": r.spec_hash, "spec_path": r.spec_path, "metrics": r.metrics}
+            for r in record.results
+        ],
+    }
+
+
+# -- the command line ------------------------------------------------------------------------
+
+runs_app = typer.Typer(help="Recorded comparison runs (the local run store).", no_args_is_help=True)
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", help="run store file (default: $CONSTRAINTDSL_STORE or runs.sqlite in the cache dir)"),
+]
+
+
+def _compare_cmd(
+    specs: Annotated[list[str], typer.Argument(help="spec files to compare with the baseline", metavar="SPEC...")],
+    prompts: Annotated[
+        str | None, typer.Option("--prompts", help="prompt file (default: the shipped comparison prompts)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="use only the first N prompts")] = None,
+    corpus: Annotated[
+        str | None, typer.Option("--corpus", help="reference corpus (default: the shipped neutral corpus)")
+    ] = None,
+    corpus_tokens: Annotated[
+        int, typer.Option("--corpus-tokens", min=2, help="use the corpus's first N tokens (0: all)")
+    ] = 8192,
+    window: Annotated[int, typer.Option("--window", min=2, max=8192, help="tokens per corpus window")] = 128,
+    ab: Annotated[str | None, typer.Option("--ab", help="A/B behavior set (YAML)")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="smollm2, a Hugging Face id or a local folder (default: the spec's)")
+    ] = None,
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="model weights dtype")] = Dtype.float32,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=4096)] = 32,
+    no_marginal: Annotated[
+        bool, typer.Option("--no-marginal", help="skip the leave-one-out runs behind marginal tax")
+    ] = False,
+    report: Annotated[
+        str | None, typer.Option("--report", help="write a Markdown report with PNG plots into this folder")
+    ] = None,
+    effect: Annotated[
+        str | None,
+        typer.Option(
+            "--effect",
+            help="the frontier's effect axis: a concept's readout shift, or 'ab' (default: ab with --ab, else "
+            "the first concept)",
+        ),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    store: StoreOpt = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="do not record this run in the store")] = False,
+    from_store: Annotated[
+        bool, typer.Option("--from-store", help="rebuild from recorded results; run nothing")
+    ] = False,
+    remote: Annotated[bool, typer.Option("--remote", help="run on NDIF (host: --host, NDIF_HOST or config)")] = False,
+    host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
+) -> None:
+    """Run the baseline and every spec/variant on the same inputs, batched, and report effect, tax,
+    load, marginal tax and degrees of freedom."""
+    from constraintdsl.cli.compare import CompareOptions, compare_command
+
+    opts = CompareOptions(
+        specs=tuple(specs),
+        prompts=prompts,
+        prompt_limit=limit,
+        corpus=corpus,
+        corpus_tokens=corpus_tokens or None,
+        window=window,
+        ab=ab,
+        model=model,
+        dtype=dtype.value,
+        max_new_tokens=max_new_tokens,
+        marginal=not no_marginal,
+        report=report,
+        effect=effect,
+        fmt="json" if json_ else "text",
+        store=store,
+        record=not no_store,
+        from_store=from_store,
+        remote=remote,
+        host=host,
+    )
+    raise typer.Exit(compare_command(opts, out=sys.stdout, err=sys.stderr))
+
+
+@runs_app.command("list")
+def _runs_list_cmd(
+    store: StoreOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many runs")] = 50,
+    json_: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List recorded runs, newest first."""
+
+    raise typer.Exit(runs_list(store, limit=limit, fmt="json" if json_ else "text", out=sys.stdout))
+
+
+@runs_app.command("show")
+def _runs_show_cmd(
+    run_id: Annotated[str, typer.Argument(help="a run id (or a unique prefix)", metavar="ID")],
+    store: StoreOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show one recorded run."""
+
+    raise typer.Exit(runs_show(store, run_id, fmt="json" if json_ else "text", out=sys.stdout))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``compare`` and ``runs list|show`` to the ``cdsl`` app."""
+    app.command("compare")(_compare_cmd)
+    app.add_typer(runs_app, name="runs")

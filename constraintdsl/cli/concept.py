@@ -1,0 +1,174 @@
+"""``cdsl concept build|show``: concept artifacts extracted from pair datasets, and shown (parsing and work)."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from constraintdsl.errors import UserError
+
+from .common import Dtype
+
+__all__ = ["concept_app", "register"]
+
+concept_app = typer.Typer(
+    name="concept",
+    help="Extract concept directions from contrastive pairs, and inspect concept files.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Method(str, Enum):
+    mean = "mean"
+    pca = "pca"
+
+
+class Site(str, Enum):
+    resid = "resid"
+    attn = "attn"
+    mlp = "mlp"
+
+
+_RANGE = re.compile(r"^(-?\d+)\s*(?:-|–|\.\.)\s*(-?\d+)$")
+
+
+def _parse_layers(text: str | None) -> list[int] | None:
+    """``10-14``, ``10..14``, ``10–14``, ``10,12,14``, ``-4..-1`` or a mix (``1,4-6``); None means all.
+
+    Negative indices count from the end; they are resolved against the model later.
+    """
+    if text is None or text.strip().lower() == "all":
+        return None
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if re.fullmatch(r"-?\d+", part):
+            out.append(int(part))
+            continue
+        match = _RANGE.match(part)
+        if match is None:
+            raise UserError(
+                "--layers",
+                f"cannot read layers '{part}'",
+                "write a layer (12), a range (10-14 or -4..-1) or a comma list (10,12,14)",
+            )
+        lo, hi = int(match.group(1)), int(match.group(2))
+        if (lo < 0) != (hi < 0) or lo > hi:
+            raise UserError(
+                "--layers",
+                f"range '{part}' must go upwards with both ends on the same side of 0",
+                "e.g. 10-14 or -4..-1",
+            )
+        out.extend(range(lo, hi + 1))
+    return out
+
+
+def _console() -> Console:
+    return Console()
+
+
+@concept_app.command("build")
+def build(
+    pairs: Annotated[str, typer.Option("--pairs", help="pair dataset (.yaml or .jsonl)", metavar="FILE")],
+    model: Annotated[str, typer.Option("--model", help="model name, HF id or folder")] = "smollm2",
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="layers: 10-14, 10..14, 10,12,14, -4..-1 (default all)")
+    ] = None,
+    method: Annotated[Method, typer.Option("--method", help="mean or pca")] = Method.mean,
+    site: Annotated[Site, typer.Option("--site", help="resid, attn or mlp")] = Site.resid,
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", help="write the artifact here (.safetensors)", metavar="FILE"),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="extract even if a cached artifact exists")] = False,
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="model dtype for the forward passes")] = Dtype.float32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per forward pass")] = 16,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote", help="extract on NDIF (host: --host, NDIF_HOST or nnsight's config; key: NDIF_API_KEY)"
+        ),
+    ] = False,
+    host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0.1, help="seconds to wait for each remote request")
+    ] = None,
+) -> None:
+    """Extract and calibrate a concept; print the per-layer table; write the artifact (atomically).
+
+    With --remote every forward pass runs on NDIF (one request per batch) and only per-batch sums and
+    per-token projections come back; the artifact equals a local build and shares its cache entry.
+    """
+    from constraintdsl.concepts.artifact import artifact_hash, save_artifact
+    from constraintdsl.concepts.build import build_concept, cache_path, concept_cache_key
+    from constraintdsl.concepts.extract import layer_table, recommended_layers
+    from constraintdsl.concepts.pairs import load_pairs
+    from constraintdsl.models.loading import load_model
+
+    chosen = _parse_layers(layers)
+    if output is not None and Path(output).suffix != ".safetensors":
+        raise UserError("-o", f"'{output}' must end in .safetensors")
+    pair_set = load_pairs(pairs)
+    loaded = load_model(model, dtype=dtype.value)
+    key, _ = concept_cache_key(pair_set, loaded, layers=chosen, site=site.value, method=method.value)
+    cached = not no_cache and cache_path(key).exists()
+    artifact = build_concept(
+        pairs,
+        loaded,
+        pairs=pair_set,
+        layers=chosen,
+        site=site.value,
+        method=method.value,
+        use_cache=not no_cache,
+        write_cache=output is None,
+        batch_size=batch_size,
+        progress=progress,
+        remote=(host or True) if remote or host else False,
+        timeout=timeout,
+    )
+    where = save_artifact(artifact, output) if output is not None else Path(str(artifact.path))
+    console = _console()
+    console.print(layer_table(artifact))
+    best = recommended_layers(artifact)
+    console.print(f"recommended layers: {', '.join(map(str, best))} (highest held-out AUROC, then pole distance / std)")
+    source = "reused from cache" if cached and output is None else "wrote"
+    console.print(f"{source} {where}")
+    console.print(artifact_hash(where), highlight=False)
+
+
+@concept_app.command("show")
+def show(
+    file: Annotated[str, typer.Argument(help="concept file (.safetensors or .npy)", metavar="FILE")],
+) -> None:
+    """Print a concept file's metadata and per-layer calibration table."""
+    from rich.table import Table
+
+    from constraintdsl.concepts.artifact import artifact_hash, load_artifact
+    from constraintdsl.concepts.extract import layer_table, recommended_layers
+
+    artifact = load_artifact(file)
+    console = _console()
+    meta = Table(title=file, show_header=False)
+    meta.add_column("key")
+    meta.add_column("value")
+    for key, value in sorted(artifact.metadata.items()):
+        meta.add_row(key, value)
+    meta.add_row("hash", artifact_hash(file))
+    console.print(meta)
+    if artifact.calibration is None:
+        console.print("raw vector without calibration: only raw units can be used with it")
+        return
+    console.print(layer_table(artifact))
+    console.print(f"recommended layers: {', '.join(map(str, recommended_layers(artifact)))}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``concept build|show`` to the ``cdsl`` app."""
+    app.add_typer(concept_app, name="concept")

@@ -1,0 +1,201 @@
+"""Measurement passes for comparisons: teacher-forced scoring of a corpus and of A/B answers.
+(Concept readouts of given rows are in :mod:`constraintdsl.run.readout`.)
+
+Like the runner, every pass is one ``model.trace`` whose body lives in this file (nnsight captures
+it from source; on NDIF this source runs) with one invoke per payload, so a baseline and any number
+of constraint sets share one forward pass and one request.  Only reduced results come back: sums
+(:mod:`constraintdsl.runtime.scoring`), per-row numbers and telemetry, never activations or logits.
+
+In a teacher-forced pass each row's first ``prompt_len`` tokens count as the prompt and the rest as
+generated text, so ``on prompt`` / ``on generated`` ops and gates act as they would in generation.
+``on last N`` acts on the row's last N tokens only (in generation every new token is last in turn).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nnsight
+import torch
+
+from constraintdsl.models.backend import on_device, run_backend
+from constraintdsl.models.sites import unembed_path
+from constraintdsl.run.runner import run_states
+from constraintdsl.runtime import interventions, scoring
+
+__all__ = ["AnswerScore", "CorpusScore", "score_answers", "score_corpus"]
+
+
+@dataclass(frozen=True)
+class CorpusScore:
+    """One payload's sums over a corpus batch.
+
+    ``sums``: float64 ``[count, nll_sum, entropy_sum, kl_sum]`` over counted next-token predictions
+    (KL against the batch's first payload, the baseline).  ``hidden``: float64 ``(n, sum [H],
+    sum of outer products [H, H])`` of the final hidden states (the output embedding's input) over
+    real tokens.  ``telemetry`` as in :class:`constraintdsl.run.runner.GenerateResult`.
+    """
+
+    sums: torch.Tensor
+    hidden: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    telemetry: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    """One payload's summed log-probability of each row's answer tokens, ``[B]``."""
+
+    logprob: torch.Tensor
+    telemetry: torch.Tensor | None
+
+
+def _states(
+    model: Any, payloads: Sequence[dict[str, Any] | None], telemetry: bool, prompt_len: torch.Tensor
+) -> tuple[list[bool], list[dict[str, Any]]]:
+    records, states = run_states(model, payloads, telemetry)
+    for state in states:
+        state["given_prompt_len"] = prompt_len
+    return records, states
+
+
+def _check(payloads: Sequence[dict[str, Any] | None], ids: torch.Tensor, mask: torch.Tensor) -> None:
+    if not payloads:
+        raise ValueError("give at least one payload (None for the baseline)")
+    if ids.dim() != 2 or ids.shape != mask.shape:
+        raise ValueError(f"ids and mask must both be [B, T], got {tuple(ids.shape)} and {tuple(mask.shape)}")
+
+
+def _prompt_lengths(prompt_len: int | torch.Tensor, rows: int) -> torch.Tensor:
+    if isinstance(prompt_len, int):
+        return torch.full((rows,), prompt_len, dtype=torch.long)
+    return prompt_len.to(torch.long)
+
+
+def score_corpus(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    prompt_len: int | torch.Tensor = 0,
+    telemetry: bool = True,
+    remote: bool | str = False,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    backend: Any = None,
+) -> tuple[list[CorpusScore], float]:
+    """Teacher-forced scoring of ``ids`` ``[B, T]`` (left-padded; ``mask`` marks real tokens) under
+    every payload in ONE forward pass.  KL is taken against the first payload's distribution (the
+    baseline, None, in a comparison).
+
+    Returns one :class:`CorpusScore` per payload and the wall time of the pass.
+    """
+    _check(payloads, ids, mask)
+    records, states = _states(model, payloads, telemetry, _prompt_lengths(prompt_len, int(ids.shape[0])))
+    head = unembed_path(model)
+    backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
+    started = time.perf_counter()
+    enc = on_device(model, {"input_ids": ids, "attention_mask": mask})
+    outs = _run_corpus(model, enc, list(payloads), states, head, backend)
+    seconds = time.perf_counter() - started
+    if outs is None:
+        raise RuntimeError("the corpus pass returned no result")
+    scores = []
+    for (sums, hidden, tele), record in zip(outs, records, strict=True):
+        n, s, ss = (t.detach().cpu() for t in hidden)
+        scores.append(
+            CorpusScore(
+                sums=sums.detach().cpu(),
+                hidden=(n, s, ss),
+                telemetry=tele.detach().cpu() if record and tele is not None else None,
+            )
+        )
+    return scores, seconds
+
+
+def _run_corpus(
+    model: Any,
+    enc: dict[str, torch.Tensor],
+    payloads: list[dict[str, Any] | None],
+    states: list[dict[str, Any]],
+    head_path: str,
+    backend: Any,
+) -> Any:
+    outs = None
+    with torch.no_grad(), model.trace(backend=backend) as tracer:
+        outs = nnsight.save([])
+        head = model
+        for part in head_path.split("."):
+            head = getattr(head, part)
+        # the baseline's log-probabilities, shared with the later invokes through a list: every invoke's
+        # body sees the same list object, and invokes reach the logits in order
+        shared: list[Any] = []
+        for index in range(len(payloads)):
+            with tracer.invoke(enc):
+                payload = payloads[index]
+                if payload is not None:
+                    interventions.intervene(model, payload, states[index])
+                hidden = scoring.hidden_sums(head.input, enc["attention_mask"])
+                logits = model.output.logits
+                base = shared[0] if shared else None  # read after this invoke's logits: the baseline's are in
+                sums, logp = scoring.corpus_sums(logits, enc["input_ids"], enc["attention_mask"], base)
+                if index == 0:
+                    shared.append(logp)
+                outs.append([sums, hidden, states[index]["tele"]])
+    return outs
+
+
+def score_answers(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    answer_mask: torch.Tensor,
+    prompt_len: torch.Tensor,
+    *,
+    telemetry: bool = True,
+    remote: bool | str = False,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    backend: Any = None,
+) -> tuple[list[AnswerScore], float]:
+    """Summed log-probability of each row's answer tokens (``answer_mask``) under every payload (None
+    for the baseline) in ONE forward pass; each row's first ``prompt_len`` real tokens are its prompt."""
+    _check(payloads, ids, mask)
+    records, states = _states(model, payloads, telemetry, prompt_len)
+    backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
+    started = time.perf_counter()
+    enc = on_device(model, {"input_ids": ids, "attention_mask": mask, "answer": answer_mask})
+    answer = enc.pop("answer")
+    outs = _run_answers(model, enc, answer, list(payloads), states, backend)
+    seconds = time.perf_counter() - started
+    if outs is None:
+        raise RuntimeError("the answer pass returned no result")
+    return [
+        AnswerScore(logprob=lp.detach().cpu(), telemetry=tele.detach().cpu() if record and tele is not None else None)
+        for (lp, tele), record in zip(outs, records, strict=True)
+    ], seconds
+
+
+def _run_answers(
+    model: Any,
+    enc: dict[str, torch.Tensor],
+    answer_mask: torch.Tensor,
+    payloads: list[dict[str, Any] | None],
+    states: list[dict[str, Any]],
+    backend: Any,
+) -> Any:
+    outs = None
+    with torch.no_grad(), model.trace(backend=backend) as tracer:
+        outs = nnsight.save([])
+        for index in range(len(payloads)):
+            with tracer.invoke(enc):
+                payload = payloads[index]
+                if payload is not None:
+                    interventions.intervene(model, payload, states[index])
+                logprob = scoring.answer_logprob(model.output.logits, enc["input_ids"], answer_mask)
+                outs.append([logprob, states[index]["tele"]])
+    return outs

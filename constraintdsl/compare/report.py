@@ -1,0 +1,286 @@
+"""Render a :class:`~constraintdsl.compare.Comparison`: terminal tables, and a Markdown report folder
+with PNG plots (the tax-versus-effect frontier, binding by layer, marginal tax per statement)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from constraintdsl.errors import UserError, clip
+from constraintdsl.tables import text_table
+
+if TYPE_CHECKING:
+    from .comparison import Comparison
+
+__all__ = ["effect_axis", "load_table", "summary_table", "write_report"]
+
+
+def _num(x: float | None, fmt: str = "+.4f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, fmt)
+
+
+def _concepts(comparison: Comparison) -> list[str]:
+    names: list[str] = []
+    for row in comparison.rows:
+        for name in row.effect:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def effect_axis(comparison: Comparison, concept: str | None = None) -> tuple[str, list[float]]:
+    """The effect plotted against tax: the A/B shift (``concept`` None or ``"ab"``, when an A/B set was
+    given), else a concept's readout shift (``concept``, or the first one read).  Returns its label and
+    one value per row."""
+    names = _concepts(comparison)
+    has_ab = comparison.rows[0].ab is not None
+    if concept == "ab" and not has_ab:
+        raise UserError("--effect", "no A/B set was given, so there is no A/B effect to plot", "add --ab FILE")
+    if concept is None and not has_ab and names:
+        concept = names[0]
+    if concept is not None and concept != "ab":
+        if concept not in names:
+            raise UserError(
+                "--effect", f"no effect was read for concept '{concept}'", f"read: {', '.join(names) or 'none'}"
+            )
+        return (
+            f"{concept} shift (calibrated units)",
+            [r.effect.get(concept, {}).get("shift", math.nan) for r in comparison.rows],
+        )
+    if has_ab:
+        behavior = comparison.rows[0].ab["behavior"] if comparison.rows[0].ab else ""
+        return f"{behavior} A/B p(match) shift", [r.ab["shift"] if r.ab else math.nan for r in comparison.rows]
+    return "no effect measured", [math.nan for _ in comparison.rows]
+
+
+def summary_table(comparison: Comparison) -> str:
+    """One line per spec/variant: tax, degrees of freedom, effects, A/B, and the heaviest load."""
+    return text_table(*_summary_rows(comparison))
+
+
+def _summary_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    names = _concepts(comparison)
+    ab = comparison.rows[0].ab is not None
+    head = ["spec", "ΔNLL/tok", "KL", "ppl ×", "entropy", "PR"]
+    head += [f"{n} shift" for n in names]
+    head += ["A/B p(match)"] if ab else []
+    head += ["max binding"]
+    body = []
+    for r in comparison.rows:
+        line = [
+            r.label,
+            _num(r.tax.get("delta_nll")),
+            _num(r.tax.get("kl"), ".4f"),
+            _num(r.tax.get("ppl_ratio"), ".4f"),
+            _num(r.tax.get("entropy"), ".3f"),
+            _num(r.dof.get("participation_ratio"), ".2f"),
+        ]
+        line += [_num(r.effect.get(n, {}).get("shift"), "+.3f") for n in names]
+        if ab:
+            line.append("-" if r.ab is None else f"{r.ab['p_match']:.3f} ({r.ab['shift']:+.3f})")
+        loads = [s["binding_fraction"] for s in r.load]
+        line.append(f"{100 * max(loads):.0f}%" if loads else "-")
+        body.append(line)
+    return head, body
+
+
+def load_table(comparison: Comparison) -> str:
+    """One line per statement of every spec/variant: binding, correction, marginal tax."""
+    head, body = _load_rows(comparison)
+    return text_table(head, body) if body else "(no statements)"
+
+
+def _load_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    head = ["spec", "statement", "binding", "mean corr", "marginal ΔNLL", "marginal KL"]
+    body = []
+    for r in comparison.rows[1:]:
+        marginal = {(m["statement"], m["line"]): m for m in r.marginal}
+        for s in r.load:
+            m = marginal.get((s["statement"], s["line"]), {})
+            unit = "" if s.get("units") == "calibrated" else " raw"
+            body.append(
+                [
+                    r.label,
+                    s["statement"],
+                    f"{100 * s['binding_fraction']:.0f}%",
+                    f"{s['mean_correction']:.3f}{unit}",
+                    _num(m.get("delta_nll")),
+                    _num(m.get("kl"), ".4f"),
+                ]
+            )
+    return head, body
+
+
+def _clip(text: str, n: int) -> str:
+    return clip(" ".join(text.split()), n)
+
+
+def generations_markdown(comparison: Comparison, limit: int | None = None) -> str:
+    """Side-by-side generations: one table per prompt, one row per spec/variant."""
+    parts = []
+    for p, prompt in enumerate(comparison.prompts[:limit]):
+        parts.append(f"**Prompt {p + 1}.** {_md(prompt)}\n")
+        parts.append("| spec | generation |\n|---|---|")
+        for r in comparison.rows:
+            text = r.generations[p] if p < len(r.generations) else ""
+            parts.append(f"| {_md(r.label)} | {_md(_clip(text, 400))} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(head: list[str], body: list[list[str]]) -> str:
+    if not body:
+        return "(no statements)"
+    rows = ["| " + " | ".join(_md(c) for c in row) + " |" for row in [head, *body]]
+    return "\n".join([rows[0], "|" + "---|" * len(head), *rows[1:]])
+
+
+def _frontier(comparison: Comparison, path: Path, concept: str | None) -> None:
+    import matplotlib.pyplot as plt
+
+    label, effect = effect_axis(comparison, concept)
+    tax = [r.tax.get("delta_nll", math.nan) for r in comparison.rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(comparison.rows):
+        groups.setdefault(r.source or "baseline", []).append(i)
+    for source, idx in groups.items():
+        xs, ys = [tax[i] for i in idx], [effect[i] for i in idx]
+        style = "o-" if len(idx) > 1 else "o"
+        name = "baseline" if source == "baseline" else Path(source).stem
+        ax.plot(xs, ys, style, label=name, markersize=6)
+        for i in idx:
+            r = comparison.rows[i]
+            ax.annotate(
+                r.variant or r.label, (tax[i], effect[i]), textcoords="offset points", xytext=(5, 4), fontsize=8
+            )
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.axvline(0, color="0.8", lw=0.8)
+    ax.set_xlabel("tax: ΔNLL per token on the reference corpus (nats)")
+    ax.set_ylabel("effect: " + label)
+    ax.set_title(f"Alignment tax curve — {comparison.model}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _binding(comparison: Comparison, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    lines = [(r, s) for r in comparison.rows[1:] for s in r.load if s["layers"]]
+    if not lines:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=120)
+    for r, s in lines[:20]:
+        layers = sorted({x["layer"] for x in s["layers"]})
+        frac = [max(x["binding_fraction"] for x in s["layers"] if x["layer"] == layer) for layer in layers]
+        ax.plot(layers, [100 * f for f in frac], "o-", markersize=3, label=_clip(f"{r.label}: {s['statement']}", 60))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("binding (% of selected tokens moved)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Binding by layer (generation)")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _marginal(comparison: Comparison, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    bars = [(f"{r.label}: {m['statement']}", m["delta_nll"]) for r in comparison.rows[1:] for m in r.marginal]
+    if not bars:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.32 * len(bars)), dpi=120)
+    ax.barh([_clip(b[0], 70) for b in bars], [b[1] for b in bars], color="tab:orange")
+    ax.invert_yaxis()
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_xlabel("ΔNLL per token removed by leaving the statement out")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title("Marginal tax per statement")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_report(comparison: Comparison, folder: str | Path, *, concept: str | None = None, command: str = "") -> Path:
+    """Write ``report.md``, ``comparison.json`` and the PNG plots into ``folder``, atomically: the
+    folder is built beside the target and renamed into place (an old report there is replaced)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _frontier(comparison, tmp / "frontier.png", concept)
+        has_binding = _binding(comparison, tmp / "binding.png")
+        has_marginal = _marginal(comparison, tmp / "marginal.png")
+        (tmp / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=2, allow_nan=True) + "\n")
+        (tmp / "report.md").write_text(_markdown(comparison, command, has_binding, has_marginal))
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / "report")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _markdown(comparison: Comparison, command: str, has_binding: bool, has_marginal: bool) -> str:
+    info = comparison.inputs
+    out = [f"# Comparison on {comparison.model}", ""]
+    if command:
+        out += ["```", command, "```", ""]
+    out += [
+        f"- model: `{comparison.model}` revision `{comparison.revision}`",
+        f"- inputs: `{comparison.inputs_hash}` — {info['prompts']} prompts × {info['max_new_tokens']} new tokens; "
+        f"corpus {info['corpus_tokens_used']} of {info['corpus_tokens_total']} tokens in windows of "
+        f"{info['corpus_window']}; A/B items {info['ab_items']}",
+        f"- forward passes: {json.dumps(comparison.passes)}; seconds: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in comparison.seconds.items()),
+    ]
+    if comparison.run_id:
+        out.append(f"- run store id: `{comparison.run_id}`")
+    out += ["", "## Summary", "", _markdown_table(*_summary_rows(comparison)), ""]
+    out += [
+        "ΔNLL/tok, KL (baseline ‖ constrained) and entropy are per predicted token of the reference corpus, "
+        "teacher-forced; PR is the participation ratio of the final hidden states over the corpus "
+        f"(baseline {comparison.rows[0].dof.get('participation_ratio', math.nan):.2f}). "
+        "Shifts are read on the generated text at each concept's best layer, in calibrated units.",
+        "",
+        "![tax versus effect](frontier.png)",
+        "",
+        "## Load and marginal tax",
+        "",
+        _markdown_table(*_load_rows(comparison)),
+        "",
+    ]
+    if has_binding:
+        out += ["![binding by layer](binding.png)", ""]
+    if has_marginal:
+        out += ["![marginal tax](marginal.png)", ""]
+    out += ["## Specs", ""]
+    for r in comparison.rows[1:]:
+        out += [f"### {r.label}", "", f"`{r.key}`", "", "```", r.spec_text.rstrip(), "```", ""]
+    out += ["## Generations", "", generations_markdown(comparison)]
+    return "\n".join(out) + "\n"

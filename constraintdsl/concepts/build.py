@@ -1,0 +1,135 @@
+"""Building a concept: extraction from a pair set, or the cached artifact with the same content key.
+
+Artifacts are cached by content (model id, revision and dtype, site, method, dataset bytes, layers, tool
+version and extraction revision) under ``cache_dir()/concepts/``, so a second build costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from constraintdsl.errors import Span, UserError
+from constraintdsl.models.loading import ModelIdentity, cache_dir, model_identity
+
+from .artifact import FORMAT_VERSION, ConceptArtifact, load_artifact, save_artifact, tool_version
+from .extract import extract, resolve_layers
+from .pairs import PairSet, load_pairs
+
+__all__ = ["EXTRACTION_REVISION", "build_concept", "cache_key", "cache_path", "concept_cache_key"]
+
+# Part of the cache key: bump when extraction or calibration semantics change, so stale cache entries are not reused.
+# 2: percentiles from the held-out split's projections (one forward per sequence); 1: from the train split's.
+EXTRACTION_REVISION = "2"
+
+
+def cache_key(
+    identity: ModelIdentity,
+    *,
+    dataset_sha256: str,
+    layers: Sequence[int],
+    site: str,
+    method: str,
+    dtype: str,
+) -> str:
+    """Content key of a concept build: sha256 of everything the artifact's bytes depend on.
+
+    Model id, revision and dtype, site, method, dataset sha256, layers, tool version and extraction revision.
+    """
+    parts = {
+        "format": FORMAT_VERSION,
+        "model_id": identity.id,
+        "revision": identity.revision or "",
+        "dtype": dtype,
+        "site": site,
+        "method": method,
+        "dataset_sha256": dataset_sha256,
+        "layers": [int(x) for x in layers],
+        "tool_version": tool_version(),
+        "extraction_revision": EXTRACTION_REVISION,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def cache_path(key: str) -> Path:
+    """Where the artifact with cache ``key`` lives: ``cache_dir()/concepts/<key>.safetensors``."""
+    return Path(cache_dir()) / "concepts" / f"{key}.safetensors"
+
+
+def _model_dtype(model: Any) -> str:
+    import torch
+
+    inner = getattr(model, "__dict__", {}).get("_module", model)
+    if isinstance(inner, torch.nn.Module):
+        for p in inner.parameters():
+            return str(p.dtype).removeprefix("torch.")
+    return "unknown"
+
+
+def concept_cache_key(
+    pair_set: PairSet, model: Any, *, layers: Sequence[int] | None, site: str, method: str
+) -> tuple[str, list[int]]:
+    """The cache key of building ``pair_set`` on ``model`` (and the resolved absolute layers)."""
+    chosen = resolve_layers(model, layers)
+    key = cache_key(
+        model_identity(model),
+        dataset_sha256=pair_set.sha256,
+        layers=chosen,
+        site=site,
+        method=method,
+        dtype=_model_dtype(model),
+    )
+    return key, chosen
+
+
+def build_concept(
+    pairs_path: str | Path,
+    model: Any,
+    *,
+    layers: Sequence[int] | None = None,
+    site: str = "resid",
+    method: str = "mean",
+    use_cache: bool = True,
+    write_cache: bool | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    span: Span | None = None,
+    pairs: PairSet | None = None,
+    remote: bool | str = False,
+    timeout: float | None = None,
+) -> ConceptArtifact:
+    """Extract a concept from a pair dataset, or reuse the cached artifact with the same content key.
+
+    The key covers the model id, revision and dtype, the site, method, dataset bytes, layers and tool
+    version; the artifact is stored at :func:`cache_path` and returned with its ``path`` set.
+    ``use_cache=False`` always extracts; ``write_cache`` (default: ``use_cache``) stores the result.
+    ``remote`` / ``timeout``: extract on NDIF (see :func:`constraintdsl.concepts.extract`); the result fills
+    the same cache entry, as it equals a local extraction.
+    """
+    pair_set = pairs if pairs is not None else load_pairs(pairs_path, span=span)
+    key, chosen = concept_cache_key(pair_set, model, layers=layers, site=site, method=method)
+    target = cache_path(key)
+    if use_cache and target.exists():
+        try:
+            return load_artifact(target)
+        except UserError:
+            target.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt, not trusted
+    artifact = extract(
+        model,
+        pair_set,
+        layers=chosen,
+        site=site,
+        method=method,
+        batch_size=batch_size,
+        progress=progress,
+        remote=remote,
+        timeout=timeout,
+    )
+    if not (use_cache if write_cache is None else write_cache):
+        return artifact
+    save_artifact(artifact, target)
+    return replace(artifact, path=str(target))

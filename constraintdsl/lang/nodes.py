@@ -1,0 +1,254 @@
+"""The typed, immutable values a constraint spec is made of: statements, values, layers, tokens, gates.
+
+Each statement class shares its name with the DSL keyword, the grammar rule and the YAML
+``op``: ``clamp`` → :class:`Clamp`, ``pin`` → :class:`Pin`, and so on.  Source spans ride
+along on every statement but never take part in equality, so a DSL file and its YAML twin
+produce equal specs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Protocol, TypeAlias
+
+from constraintdsl.errors import Span
+
+__all__ = [
+    "SITES",
+    "TOKEN_KINDS",
+    "Ablate",
+    "Clamp",
+    "Concept",
+    "Depth",
+    "Gate",
+    "Include",
+    "LayerRange",
+    "Layers",
+    "Let",
+    "Op",
+    "Pin",
+    "Ref",
+    "Scale",
+    "SpecLike",
+    "Statement",
+    "Steer",
+    "Tokens",
+    "Unit",
+    "Value",
+    "Where",
+    "op_refs",
+]
+
+SITES: tuple[str, ...] = ("resid", "attn", "mlp")
+TOKEN_KINDS: tuple[str, ...] = ("all", "prompt", "generated", "last", "first")
+NO_SPAN = Span("<spec>", 1, 1)
+
+
+class Unit(str, enum.Enum):
+    """How a value is measured: calibrated (bare number), raw projection, percentile, or std devs."""
+
+    calibrated = "calibrated"
+    raw = "raw"
+    percentile = "percentile"
+    sd = "sd"
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A number with its unit; for percentiles ``number`` is the level (``p25`` → 25)."""
+
+    number: float
+    unit: Unit = Unit.calibrated
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """``$name``: a placeholder for a value bound by a ``let`` (see :mod:`constraintdsl.lang.variants`)."""
+
+    name: str
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRange:
+    """Inclusive layer range; a single layer has ``start == stop``. Negative counts from the end."""
+
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, slots=True)
+class Layers:
+    """An explicit layer selection: a union of inclusive ranges."""
+
+    items: tuple[LayerRange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Depth:
+    """A model-portable layer selection by relative depth, in percent (inclusive)."""
+
+    start: float
+    stop: float
+
+
+Where: TypeAlias = Layers | Depth
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Which token positions an op acts on; ``count`` only for ``last``/``first``."""
+
+    kind: Literal["all", "prompt", "generated", "last", "first"] = "all"
+    count: int | None = None
+
+
+ALL_TOKENS = Tokens()
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """``when <concept> <cmp> <value> [at layer N]``: apply only to sequences whose prompt passes."""
+
+    concept: str
+    cmp: Literal[">=", "<=", ">", "<"]
+    value: Value | Ref
+    layer: int | None = None
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Concept:
+    """``concept NAME from pairs|file "PATH" [method mean|pca]``."""
+
+    keyword: ClassVar[str] = "concept"
+    name: str
+    source: Literal["pairs", "file"]
+    path: str
+    method: Literal["mean", "pca"] = "mean"
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    path_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    """``include "other.cdsl"``: composition, relative to the including file."""
+
+    keyword: ClassVar[str] = "include"
+    path: str
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Let:
+    """``let NAME = v1 | v2 | …``: the values a ``$NAME`` sweeps over, in order."""
+
+    keyword: ClassVar[str] = "let"
+    name: str
+    values: tuple[Value, ...]
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    value_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _OpBase:
+    """Fields shared by every operation, in canonical clause order."""
+
+    concept: str
+    where: Where
+    site: str = "resid"
+    tokens: Tokens = ALL_TOKENS
+    gate: Gate | None = None
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    concept_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Clamp(_OpBase):
+    """Hard bound(s) on the projection: ``>= min``, ``<= max`` or ``in [min, max]``."""
+
+    keyword: ClassVar[str] = "clamp"
+    min: Value | Ref | None = None
+    max: Value | Ref | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pin(_OpBase):
+    """Pin the projection to one value: ``pin c = v``."""
+
+    keyword: ClassVar[str] = "pin"
+    value: Value | Ref = Value(0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Ablate(_OpBase):
+    """Remove the component along the direction (raw projection pinned to 0)."""
+
+    keyword: ClassVar[str] = "ablate"
+
+
+@dataclass(frozen=True, slots=True)
+class Steer(_OpBase):
+    """Add ``by`` (calibrated: times the pole distance) along the unit direction."""
+
+    keyword: ClassVar[str] = "steer"
+    by: Value | Ref = Value(0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Scale(_OpBase):
+    """Multiply the raw projection by ``by``."""
+
+    keyword: ClassVar[str] = "scale"
+    by: float | Ref = 1.0
+
+
+Op: TypeAlias = Clamp | Pin | Ablate | Steer | Scale
+Statement: TypeAlias = Concept | Include | Let | Op
+OP_CLASSES: dict[str, type[Op]] = {c.keyword: c for c in (Clamp, Pin, Ablate, Steer, Scale)}
+VALUE_FIELDS: tuple[str, ...] = ("min", "max", "value", "by")
+
+
+def op_refs(op: Op) -> list[tuple[str, Ref]]:
+    """The ``$name`` placeholders in one operation, in text order, each with the field it fills
+    (``min``, ``max``, ``value``, ``by`` or ``when`` for the gate's threshold)."""
+    out: list[tuple[str, Ref]] = []
+    for key in VALUE_FIELDS:
+        v = getattr(op, key, None)
+        if isinstance(v, Ref):
+            out.append((key, v))
+    if op.gate is not None and isinstance(op.gate.value, Ref):
+        out.append(("when", op.gate.value))
+    return out
+
+
+class SpecLike(Protocol):
+    """What formatting, hashing and diffing read of a spec; :class:`constraintdsl.lang.spec.Spec` is one.
+
+    Those functions sit below the ``Spec`` class (whose methods call them), so they name its shape,
+    not the class.
+    """
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def includes(self) -> tuple[Include, ...]: ...
+    @property
+    def concepts(self) -> tuple[Concept, ...]: ...
+    @property
+    def lets(self) -> tuple[Let, ...]: ...
+    @property
+    def constraints(self) -> tuple[Op, ...]: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def comments(self) -> tuple[tuple[int, str], ...]: ...
+    @property
+    def header_lines(self) -> tuple[tuple[str, int], ...]: ...

@@ -1,0 +1,410 @@
+"""Remote execution on NDIF: host and key, the request backend, checks before sending, clear errors.
+
+The runner's trace blocks run unchanged on an NDIF server: nnsight serializes the block (its source and
+the names it reads: the payload, the per-run state, the runtime module) and names the model by its key.
+The server does not have this package, so :func:`register_runtime` makes the torch-only
+:mod:`constraintdsl.runtime` travel by value.  :class:`NdifBackend` is nnsight's ``RemoteBackend`` with
+what the runner needs on top: the request id, request and response sizes, a deadline, status lines on
+a callback instead of stdout, and every failure as a :class:`RemoteFailure` (a ``UserError``) that says
+what went wrong — connection refused, timeout, bad API key, model not hosted, or an exception on the
+server — and names the request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nnsight
+from nnsight.intervention.backends.remote import RemoteBackend, RemoteError
+from nnsight.schema.config import CONFIG
+from nnsight.schema.response import ResponseModel, Status
+
+from constraintdsl.errors import UserError
+from constraintdsl.runtime import extraction, interventions, scoring
+
+__all__ = [
+    "ALLOWED_IMPORTS",
+    "NdifBackend",
+    "RemoteFailure",
+    "api_key",
+    "backend_for",
+    "check_payloads",
+    "register_runtime",
+    "resolve_host",
+]
+
+# What the public NDIF lets user code import (DESIGN §6); the runtime must stay inside it.
+ALLOWED_IMPORTS = frozenset({"torch", "math", "typing", "collections", "numpy", "einops", "operator", "enum"})
+
+Progress = Callable[[str], None]
+
+
+class RemoteFailure(UserError):
+    """A remote run that failed; ``kind`` says how and ``request_id`` names the request when it got one.
+
+    Kinds: ``refused`` (nothing listens at the host), ``unreachable`` (other network errors),
+    ``timeout``, ``auth`` (missing or invalid API key), ``not_hosted`` (the server cannot serve the
+    model), ``server`` (the request ran and raised on the server), ``lost`` (the connection dropped
+    mid-run), ``rejected`` (the server refused the request for another reason), ``model`` (the model
+    cannot be named remotely), ``payload`` (checked before sending: a layer or hidden size the model
+    lacks).  ``detail`` is the server's own text, kept whole.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        where: str,
+        message: str,
+        hint: str | None = None,
+        *,
+        request_id: str | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(where, message, hint)
+        self.kind = kind
+        self.request_id = request_id
+        self.detail = detail
+
+
+_registered = False
+
+
+def register_runtime() -> None:
+    """Make the torch-only modules that run inside a trace (:mod:`constraintdsl.runtime`'s
+    ``interventions``, ``scoring`` and ``extraction``) travel by value with every remote request (idempotent)."""
+    global _registered
+    if not _registered:
+        nnsight.register(interventions)
+        nnsight.register(scoring)
+        nnsight.register(extraction)
+        _registered = True
+
+
+def resolve_host(remote: bool | str) -> str:
+    """The server URL: ``remote`` itself when it is a URL, else ``NDIF_HOST``, else nnsight's configured host."""
+    host = (remote if isinstance(remote, str) else os.environ.get("NDIF_HOST") or CONFIG.API.HOST).rstrip("/")
+    if not host.startswith(("http://", "https://")):
+        raise UserError("--host", f"{host!r} is not a server URL", "give http://HOST:PORT or https://HOST")
+    return host
+
+
+def api_key() -> str | None:
+    """The NDIF API key: ``NDIF_API_KEY``, else nnsight's config (``nnsight login`` stores it there)."""
+    return os.environ.get("NDIF_API_KEY") or CONFIG.API.APIKEY or None
+
+
+def model_key(model: Any) -> str:
+    """The key the server knows ``model`` by, or a clear error when it has none (a model built in memory).
+
+    nnsight asks the Hub to canonicalize the repo id; a local folder is named by its own path instead
+    (only a server that shares the disk, like a self-hosted one, can serve it)."""
+    repo_id = getattr(model, "repo_id", None)
+    if isinstance(repo_id, str) and repo_id and (Path(repo_id).is_absolute() or Path(repo_id).is_dir()):
+        import nnsight.modeling.huggingface as hf
+
+        hf._ID_CACHE.setdefault(repo_id, repo_id)
+    try:
+        return str(model.to_model_key())
+    except Exception as e:
+        raise RemoteFailure(
+            "model",
+            "--model",
+            f"this model cannot run remotely: nnsight cannot name it for a server ({type(e).__name__}: {e})",
+            "load it by Hugging Face id (or a folder the server shares) instead of passing a model object",
+        ) from None
+
+
+def check_payloads(model: Any, payloads: Iterable[dict[str, Any] | None]) -> None:
+    """Check, before anything is sent, that every site path of every payload exists in ``model`` and that
+    its directions have the model's hidden size; raises :class:`RemoteFailure` (kind ``payload``)."""
+    hidden = _hidden_size(model)
+    for payload in payloads:
+        for site in (payload or {}).get("sites", ()):
+            path = str(site["path"])
+            node = model
+            for part in path.split("."):
+                try:
+                    node = getattr(node, part)
+                except Exception:
+                    raise RemoteFailure(
+                        "payload",
+                        path,
+                        f"the model has no module {path} (layer {site.get('layer')}, {site.get('site')}); "
+                        "nothing was sent",
+                        "compile the spec against the model you run it on (its layer count differs)",
+                    ) from None
+            if hidden is not None:
+                for width in _widths(site):
+                    if width != hidden:
+                        raise RemoteFailure(
+                            "payload",
+                            path,
+                            f"a direction at {path} has {width} dimensions but the model's hidden size is "
+                            f"{hidden}; nothing was sent",
+                            "compile the spec against the model you run it on",
+                        )
+
+
+def _hidden_size(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    text = getattr(config, "text_config", None)
+    value = getattr(text, "hidden_size", None)
+    return value if isinstance(value, int) else None
+
+
+def _widths(site: dict[str, Any]) -> list[int]:
+    widths = [int(a["u"].shape[-1]) for a in site.get("actions", ())]
+    dirs = site.get("dirs")
+    if dirs is not None and dirs.numel():
+        widths.append(int(dirs.shape[-1]))
+    widths.extend(int(r["u"].shape[-1]) for r in site.get("gate_reads", ()))
+    return widths
+
+
+@dataclass
+class RequestStats:
+    """What one request cost on the wire: serialized request bytes, result bytes, seconds, statuses seen."""
+
+    request_bytes: int = 0
+    response_bytes: int = 0
+    seconds: float = 0.0
+    statuses: list[str] = field(default_factory=list)
+
+
+class NdifBackend(RemoteBackend):  # type: ignore[misc]
+    """nnsight's ``RemoteBackend`` with a deadline, status lines on ``progress``, sizes in ``stats``,
+    the request id in ``job_id`` as soon as the server assigns it, and failures as :class:`RemoteFailure`."""
+
+    def __init__(
+        self,
+        key: str,
+        host: str,
+        *,
+        key_env: dict[str, Any] | None = None,
+        blocking: bool = True,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        super().__init__(key, host=host, api_key=api_key(), env=key_env, blocking=blocking, job_id=job_id)
+        self.timeout = timeout
+        self.progress = progress
+        self.stats = RequestStats()
+        self.display.enabled = False  # status goes to ``progress`` (stderr in the CLI), never stdout
+        self._last_status: str | None = None
+
+    # -- sizes and ids ------------------------------------------------------------------------------
+    def _serialize(self, tracer: Any) -> bytes:
+        blob: bytes = super()._serialize(tracer)
+        self.stats.request_bytes = len(blob)
+        return blob
+
+    def finalize(self, content: bytes) -> Any:
+        self.stats.response_bytes = len(content)
+        return super().finalize(content)
+
+    def _post(self, request: Any, blob: bytes) -> ResponseModel:
+        import httpx
+
+        try:
+            response: ResponseModel = super()._post(request, blob)
+        except RemoteError as e:
+            cause = e.__cause__
+            if isinstance(cause, httpx.HTTPStatusError):
+                raise self._http_failure(cause.response.status_code, str(e)) from None
+            raise self._network_failure(cause if isinstance(cause, BaseException) else e) from None
+        self.job_id = response.id
+        return response
+
+    def note(self, response: ResponseModel) -> bool:
+        status = response.status.value
+        if self.progress is not None and status != self._last_status and response.status != Status.LOG:
+            text = f" {response.description}" if response.description else ""
+            self.progress(f"[{response.id}] {status.lower()}{text}")
+        if response.status != Status.LOG:
+            self._last_status = status
+            self.stats.statuses.append(status)
+        if response.status == Status.ERROR:
+            raise self._server_failure(response.id or self.job_id, response.description)
+        return bool(response.status == Status.COMPLETED)
+
+    # -- the blocking wait, with a deadline --------------------------------------------------------
+    def request(self, request: Any, tracer: Any) -> Any:
+        import websocket
+
+        started = time.perf_counter()
+        blob = self._serialize(tracer)
+        headers = {"ndif-api-key": self.api_key} if self.api_key else None
+        try:
+            connect = 10.0 if self.timeout is None else max(0.1, min(10.0, self.timeout))
+            connection = websocket.create_connection(f"{self.ws_host}/subscribe", header=headers, timeout=connect)
+        except websocket.WebSocketBadStatusException as e:
+            raise self._http_failure(int(e.status_code), str(e)) from None
+        except (OSError, websocket.WebSocketException) as e:
+            raise self._network_failure(e) from None
+        try:
+            try:
+                request.session_id = json.loads(connection.recv())["session_id"]
+            except (OSError, ValueError, KeyError, TypeError, websocket.WebSocketException) as e:
+                raise self._lost_failure(f"{type(e).__name__}: {e}") from None
+            self.send(request, blob)
+            connection.settimeout(0.25)
+            while True:
+                if self.timeout is not None and time.perf_counter() - started > self.timeout:
+                    raise self._timeout_failure()
+                try:
+                    message = connection.recv()
+                except websocket.WebSocketTimeoutException:
+                    continue
+                except (OSError, websocket.WebSocketException) as e:
+                    raise self._lost_failure(f"{type(e).__name__}: {e}") from None
+                if not message:  # a close frame: the server shut the connection (it stopped or restarted)
+                    raise self._lost_failure("the server closed the connection")
+                response = self.parse(message)
+                result = self.handle(response)
+                if response.status == Status.COMPLETED:
+                    self.stats.seconds = time.perf_counter() - started
+                    return result
+        finally:
+            connection.close()
+
+    def poll(self, tracer: Any = None) -> Any:
+        import httpx
+
+        try:
+            return super().poll(tracer)
+        except httpx.HTTPStatusError as e:
+            raise self._http_failure(e.response.status_code, str(e)) from None
+        except httpx.HTTPError as e:
+            raise self._network_failure(e) from None
+
+    # -- failures -----------------------------------------------------------------------------------
+    def _network_failure(self, error: BaseException) -> RemoteFailure:
+        text = f"{type(error).__name__}: {error}"
+        if isinstance(error, ConnectionRefusedError) or "refused" in text.lower():
+            return RemoteFailure(
+                "refused",
+                self.host,
+                f"could not connect to NDIF at {self.host}: connection refused",
+                "is the server running? check --host / NDIF_HOST",
+                request_id=self.job_id,
+                detail=text,
+            )
+        if "timed out" in text.lower() or "timeout" in type(error).__name__.lower():
+            return self._timeout_failure(text)
+        return RemoteFailure(
+            "unreachable",
+            self.host,
+            f"could not reach NDIF at {self.host} ({text})",
+            "check the host name and your network",
+            request_id=self.job_id,
+            detail=text,
+        )
+
+    def _lost_failure(self, why: str) -> RemoteFailure:
+        job = f"request {self.job_id}" if self.job_id else "the request"
+        return RemoteFailure(
+            "lost",
+            self.host,
+            f"the connection to NDIF at {self.host} was lost while {job} was running ({why}); no result was kept",
+            "check that the server is still up, then run again",
+            request_id=self.job_id,
+            detail=why,
+        )
+
+    def _timeout_failure(self, detail: str = "") -> RemoteFailure:
+        limit = f" after {self.timeout:g} s" if self.timeout is not None else ""
+        job = f"request {self.job_id}" if self.job_id else "the request"
+        return RemoteFailure(
+            "timeout",
+            self.host,
+            f"{job} to {self.host} timed out{limit}",
+            "raise --timeout, or submit with --no-wait and fetch it later with `cdsl job ID`"
+            if self.job_id
+            else "raise --timeout; the server may be busy or unreachable",
+            request_id=self.job_id,
+            detail=detail,
+        )
+
+    def _http_failure(self, status: int, text: str) -> RemoteFailure:
+        lowered = text.lower()
+        if status in (401, 403) or "api key" in lowered:
+            return RemoteFailure(
+                "auth",
+                self.host,
+                f"NDIF at {self.host} refused the API key (HTTP {status}): {_detail(text)}",
+                "set NDIF_API_KEY or run `nnsight login` (keys from https://login.ndif.us)",
+                detail=text,
+            )
+        return RemoteFailure(
+            "rejected",
+            self.host,
+            f"NDIF at {self.host} refused the request (HTTP {status}): {_detail(text)}",
+            "the server may be starting or overloaded; try again shortly",
+            detail=text,
+        )
+
+    def _server_failure(self, request_id: str | None, description: str) -> RemoteFailure:
+        lowered = description.lower()
+        if "could not deploy" in lowered or "not deployed" in lowered or "no deployment" in lowered:
+            return RemoteFailure(
+                "not_hosted",
+                self.model_key.split(":", 1)[-1],
+                f"NDIF at {self.host} does not host this model (request {request_id}): {_last_line(description)}",
+                "see which models are hosted with `python -c 'import nnsight; print(nnsight.status())'`",
+                request_id=request_id,
+                detail=description,
+            )
+        return RemoteFailure(
+            "server",
+            self.host,
+            f"request {request_id} failed on the server: {_last_line(description)}",
+            None,
+            request_id=request_id,
+            detail=description,
+        )
+
+
+def _detail(text: str) -> str:
+    return text.removeprefix("Failed to send request: ").strip() or "no detail"
+
+
+def _last_line(text: str) -> str:
+    """The exception line of a server traceback (its last non-empty line), or the whole text."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no detail"
+
+
+def backend_for(
+    model: Any,
+    remote: bool | str,
+    *,
+    blocking: bool = True,
+    job_id: str | None = None,
+    timeout: float | None = None,
+    progress: Progress | None = None,
+) -> NdifBackend:
+    """A backend that runs ``model``'s trace on the server ``remote`` names (True: the configured host).
+
+    Registers the runtime for by-value transport first."""
+    register_runtime()
+    env_of = getattr(model, "_remoteable_get_env", None)
+    return NdifBackend(
+        model_key(model),
+        resolve_host(remote),
+        key_env=env_of() if callable(env_of) else None,
+        blocking=blocking,
+        job_id=job_id,
+        timeout=timeout,
+        progress=progress,
+    )
