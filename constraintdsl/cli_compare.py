@@ -29,7 +29,8 @@ def compare(
         str | None, typer.Option("--corpus", help="reference corpus (default: the shipped neutral corpus)")
     ] = None,
     corpus_tokens: Annotated[
-        int, typer.Option("--corpus-tokens", min=2, help="use the corpus's first N tokens (0: all)")
+        int,
+        typer.Option("--corpus-tokens", min=0, help="use the corpus's first N tokens (0: all; else at least --window)"),
     ] = 8192,
     window: Annotated[int, typer.Option("--window", min=2, max=8192, help="tokens per corpus window")] = 128,
     ab: Annotated[str | None, typer.Option("--ab", help="A/B behavior set (YAML)")] = None,

@@ -21,13 +21,13 @@ import torch
 from . import runtime
 from .artifacts import PERCENTILE_LEVELS, ConceptArtifact, build_concept, check_compatible, load_artifact
 from .canonical import format_number, format_value, statement_dsl
-from .errors import Diagnostic, Span, SpecError, UserError
+from .errors import Diagnostic, Span, SpecError, UserError, public
 from .load import spec_sources
 from .models import ModelIdentity, model_identity
-from .sites import arch_sites
+from .sites import arch_sites, hf_module
 from .spec import Ablate, Clamp, Depth, Gate, Layers, Op, Pin, Ref, Scale, Spec, Steer, Unit, Value
 
-__all__ = ["Entry", "Plan", "resolve", "resolve_layers"]
+__all__ = ["Entry", "Plan", "check_plan_model", "gate_layer", "op_layers", "resolve", "resolve_layers"]
 
 SITE_ORDER = {"attn": 0, "mlp": 1, "resid": 2}
 TOKEN_CODES = {
@@ -79,32 +79,77 @@ class Plan:
 
         return explain(self)
 
+    @public
     def generate(self, prompts: Any, *, model: Any = None, **kwargs: Any) -> Any:
         """Generate from ``prompts`` with the plan applied at every step; returns texts, ids and
-        telemetry (see :func:`constraintdsl.runner.generate`; rows via :meth:`telemetry`)."""
+        telemetry (see :func:`constraintdsl.runner.generate`; rows via :meth:`telemetry`).
+
+        ``model`` (default: the one it was compiled for) must be that model: another one is an error
+        before anything runs."""
         from . import runner
 
-        return runner.generate(model or self.model_ref, self.payload, prompts, **kwargs)
+        return runner.generate(self.target(model), self.payload, prompts, **kwargs)
 
+    @public
     def trace(self, inputs: Any, *, model: Any = None, **kwargs: Any) -> Any:
         """One forward pass over ``inputs`` with the plan applied; returns logits and telemetry."""
         from . import runner
 
-        return runner.trace(model or self.model_ref, self.payload, inputs, **kwargs)
+        return runner.trace(self.target(model), self.payload, inputs, **kwargs)
 
+    @public
     def apply(self, state: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         """Apply inside your own ``with model.generate(...)`` / ``model.trace(...)`` block (see
         :func:`constraintdsl.runner.apply`); returns the run state, whose ``"tele"`` is saved."""
         from . import runner
 
-        result: dict[str, Any] = runner.apply(self.model_ref, self.payload, state, **kwargs)
+        result: dict[str, Any] = runner.apply(self.target(None), self.payload, state, **kwargs)
         return result
+
+    def target(self, model: Any = None) -> Any:
+        """The model to run on: ``model`` when given, else the one the plan was compiled for.
+
+        A model other than that one is checked first: same id and revision, layer count and hidden size,
+        or a :class:`UserError` that says which differ (the plan's directions and layers belong to its
+        model).  An object that is not a model is a :class:`TypeError`.
+        """
+        target = self.model_ref if model is None else model
+        if target is None:
+            raise TypeError("this plan holds no model object; pass model=")
+        if target is not self.model_ref:
+            check_plan_model(self.model, target)
+        return target
 
     def telemetry(self, tele: Any) -> list[Any]:
         """Telemetry rows (calibrated units) from a run's accumulated telemetry tensor."""
         from .telemetry import summarize
 
         return list(summarize(self, tele))
+
+
+def check_plan_model(compiled_for: ModelIdentity, model: Any) -> None:
+    """Refuse to apply a plan compiled for ``compiled_for`` to ``model`` when they differ in identity
+    (id, revision), layer count or hidden size; a ``model`` that is no model is a :class:`TypeError`."""
+    if hf_module(model) is None:
+        raise TypeError(
+            f"expected a model (an nnsight TransformersModel or a transformers model), not {type(model).__name__}"
+        )
+    got = model_identity(model)
+    differences = []
+    if (got.id, got.revision) != (compiled_for.id, compiled_for.revision):
+        differences.append(f"it is {got.id} (revision {got.revision})")
+    if got.num_layers != compiled_for.num_layers:
+        differences.append(f"{got.num_layers} layers, not {compiled_for.num_layers}")
+    if got.hidden_size != compiled_for.hidden_size:
+        differences.append(f"hidden size {got.hidden_size}, not {compiled_for.hidden_size}")
+    if differences:
+        raise UserError(
+            "model",
+            f"this plan was compiled for {compiled_for.id} (revision {compiled_for.revision}, "
+            f"{compiled_for.num_layers} layers, hidden size {compiled_for.hidden_size}), not for the model it "
+            f"is applied to: {'; '.join(differences)}",
+            "compile the spec for this model: cdsl.compile(spec, model)",
+        )
 
 
 def resolve_layers(where: Layers | Depth, n: int) -> list[int]:
@@ -378,22 +423,49 @@ def _refuse_variables(spec: Spec) -> None:
 
 
 def _checked_layers(r: _Resolver, op: Op, n: int) -> list[int]:
+    layers, problem = op_layers(op, n, r.identity.id)
+    if problem is not None:
+        r.diags.append(problem)
+    return layers
+
+
+def op_layers(op: Op, n: int, model_id: str) -> tuple[list[int], Diagnostic | None]:
+    """The layers ``op`` acts on in an ``n``-layer model, or ``[]`` and the problem (located at ``op``)."""
     if isinstance(op.where, Layers):
         bad = [x for item in op.where.items for x in (item.start, item.stop) if not -n <= x < n]
         if bad:
-            r.error(
+            return [], Diagnostic(
                 op.span,
-                f"layer {bad[0]} is out of range for {r.identity.id}, which has {n} layers",
+                f"layer {bad[0]} is out of range for {model_id}, which has {n} layers",
                 f"valid layers are 0..{n - 1} (or -{n}..-1 from the end)",
             )
-            return []
         for item in op.where.items:
             a = item.start + n if item.start < 0 else item.start
             b = item.stop + n if item.stop < 0 else item.stop
             if a > b:
-                r.error(op.span, f"layer range {item.start}..{item.stop} is empty for a {n}-layer model", None)
-                return []
-    return resolve_layers(op.where, n)
+                return [], Diagnostic(op.span, f"layer range {item.start}..{item.stop} is empty for a {n}-layer model")
+    return resolve_layers(op.where, n), None
+
+
+def gate_layer(op: Op, layers: list[int], n: int, model_id: str) -> tuple[int | None, Diagnostic | None]:
+    """The layer ``op``'s gate reads (``layers``: those ``op`` acts on), or None and the problem: a layer
+    out of range, or one after the first layer the statement acts on."""
+    gate = op.gate
+    assert isinstance(gate, Gate)
+    first = min(layers)
+    layer = first if gate.layer is None else (gate.layer + n if gate.layer < 0 else gate.layer)
+    if not 0 <= layer < n:
+        return None, Diagnostic(gate.span, f"gate layer {gate.layer} is out of range for {model_id} ({n} layers)")
+    # the gate reads the residual stream; an attn/mlp edit at the same layer happens before it
+    limit = first if op.site == "resid" else first - 1
+    if layer > limit:
+        return None, Diagnostic(
+            gate.span,
+            f"the gate reads layer {layer}, after the first layer this statement acts on "
+            f"({first}{'' if op.site == 'resid' else ', ' + op.site})",
+            f"read at or before the layer it acts on: when … at layer {limit}" if limit >= 0 else "remove the gate",
+        )
+    return layer, None
 
 
 def _bounds(r: _Resolver, art: ConceptArtifact, op: Op, layer: int) -> tuple[float, float] | None:
@@ -434,20 +506,10 @@ def _gate(
 ) -> int | None:
     gate = op.gate
     assert isinstance(gate, Gate)
-    first = min(layers)
-    layer = first if gate.layer is None else (gate.layer + n if gate.layer < 0 else gate.layer)
-    if not 0 <= layer < n:
-        r.error(gate.span, f"gate layer {gate.layer} is out of range for {r.identity.id} ({n} layers)", None)
-        return None
-    # the gate reads the residual stream; an attn/mlp edit at the same layer happens before it
-    limit = first if op.site == "resid" else first - 1
-    if layer > limit:
-        r.error(
-            gate.span,
-            f"the gate reads layer {layer}, after the first layer this statement acts on "
-            f"({first}{'' if op.site == 'resid' else ', ' + op.site})",
-            f"read at or before the layer it acts on: when … at layer {limit}" if limit >= 0 else "remove the gate",
-        )
+    layer, problem = gate_layer(op, layers, n, r.identity.id)
+    if layer is None:
+        if problem is not None:
+            r.diags.append(problem)
         return None
     art = r.artifact(gate.concept, "resid", gate.span)
     if art is None:

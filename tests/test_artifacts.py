@@ -270,7 +270,7 @@ def test_unsupported_suffixes_and_missing_files_are_clear_errors(tmp_path: Path,
     other = tmp_path / "c.json"
     other.write_text("{}")
     fails(other, "unsupported concept file type '.json'")
-    fails(tmp_path / "missing.safetensors", "not found")
+    fails(tmp_path / "missing.safetensors", "no such file")
     with pytest.raises(SpecError) as info:
         load_artifact(tmp_path / "missing.safetensors", span=Span("s.cdsl", 2, 9))
     assert str(info.value).startswith("s.cdsl:2:9:")
