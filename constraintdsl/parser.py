@@ -616,11 +616,23 @@ def _hint_from_line(label: str, text: str, tok: Any) -> str | None:
     value = str(tok)
     if not 0 <= pos < len(statement) or statement[pos : pos + len(value)] != value:
         return None
+    number = _NUMBER.fullmatch(value) is not None
     if label == "clamp_strict" and value in (">", "<"):
         return statement[:pos] + value + "=" + statement[pos + 1 :]
     if label == "clamp_equals" and value == "=" and statement.startswith("clamp "):
         return "to hold a value exactly, use pin: pin " + statement[len("clamp ") :]
+    if label == "concept_from" and value in ("pairs", "file"):
+        return statement[:pos] + "from " + statement[pos:]
+    if label == "by_missing" and number:
+        return statement[:pos] + "by " + statement[pos:]
+    if label == "pin_equals" and number:
+        return statement[:pos] + "= " + statement[pos:]
+    if label == "pin_equals" and value in (">=", "<=", "≥", "≤"):
+        return statement[:pos] + "=" + statement[pos + len(value) :]
     return None
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")
 
 
 @functools.cache

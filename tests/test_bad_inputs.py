@@ -1266,3 +1266,16 @@ def test_a_user_error_is_caught_as_a_spec_error_in_python_and_renders_located() 
     (d,) = info.value.diagnostics
     assert (d.span.path, d.span.line) == ("/no/such/spec.cdsl", 0)
     assert info.value.render().startswith("/no/such/spec.cdsl: error: no such file")
+
+
+def test_piped_output_never_cuts_or_wraps_paths_and_hashes(work: Work) -> None:
+    long = work.path / ("a-folder-with-a-long-name-" * 6) / "concept.safetensors"
+    long.parent.mkdir()
+    long.write_bytes((work.path / "a.safetensors").read_bytes())
+    got = run_child(["concept", "show", str(long)], work.path)
+    assert got.code == 0, got.err
+    digest = "sha256:" + hashlib.sha256(long.read_bytes()).hexdigest()
+    lines = got.out.splitlines()
+    assert any(str(long) in line for line in lines), got.out
+    assert any(digest in line for line in lines), got.out
+    assert "…" not in got.out
