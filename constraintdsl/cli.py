@@ -75,8 +75,7 @@ def check(
         ),
     ] = None,
 ) -> None:
-    """Check spec files: syntax, references, includes, and every concept file and pair set they name
-    (opened and validated); report every problem."""
+    """Check spec files, their includes and every concept file and pair set they name; report every problem."""
     raise typer.Exit(commands.check(files, fmt=format.value, out=sys.stdout, err=sys.stderr, model=model))
 
 

@@ -10,6 +10,7 @@ use a tiny one saved to a folder, and most of them must fail before it is loaded
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import pickle
@@ -1279,3 +1280,34 @@ def test_piped_output_never_cuts_or_wraps_paths_and_hashes(work: Work) -> None:
     assert any(str(long) in line for line in lines), got.out
     assert any(digest in line for line in lines), got.out
     assert "…" not in got.out
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (errno.EACCES, "permission denied"),
+        (errno.EPERM, "operation not permitted"),
+        (errno.EROFS, "read-only"),
+        (errno.ENOSPC, "no space left"),
+        (errno.EISDIR, "is a folder"),
+        (errno.ELOOP, "symlink loop"),
+    ],
+)
+def test_an_os_error_on_a_user_path_names_the_path_and_what_to_do(code: int, words: str) -> None:
+    from constraintdsl.files import os_error
+
+    error = os_error(OSError(code, os.strerror(code)), "out/report.md", "write", where="--report")
+    rendered = error.render()
+    assert rendered.startswith("--report: error: cannot write out/report.md: ")
+    assert words in rendered and "\nhint: " in rendered
+
+
+def test_help_shows_no_type_placeholders_and_version_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in (["compare", "--help"], ["check", "--help"], ["concept", "build", "--help"], ["--help"]):
+        assert main(command) == 0
+        out = capsys.readouterr().out
+        assert "<bool>" not in out and "<str>" not in out and "<int" not in out, out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cdsl (constraintdsl) {cdsl.__version__}"
+    assert main(["compare", "--help"]) == 0
+    assert "0: all" in capsys.readouterr().out  # and 0 is accepted: the range is true

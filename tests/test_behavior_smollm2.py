@@ -57,7 +57,7 @@ def test_a_floor_clamp_moves_generated_text_towards_the_positive_pole(model: Any
     after, real = projections_after(
         model,
         plan.payload,
-        {"input_ids": done.ids, "attention_mask": done.attention_mask},
+        {"input_ids": done.ids, "attention_mask": torch.cat([done.attention_mask, torch.ones_like(done.new_ids)], 1)},
         sorted(sites),
         {layer: site["dirs"][0] for layer, site in sites.items()},
     )
