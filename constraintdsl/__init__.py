@@ -4,6 +4,10 @@ Write constraint sets as small ``.cdsl`` (or YAML) files, parse them into a type
 :class:`Spec`, and compare, hash, diff and format them as data; compile them for a model and run them
 inside nnsight (``compile``, ``apply``, ``install``).
 
+Every function exported here raises :class:`SpecError` for bad input (``.diagnostics``, ``.render()``),
+missing files included, and :class:`TypeError` for an argument of the wrong type; see
+:mod:`constraintdsl.errors`.
+
 The package is laid out by stage, each importing only the ones before it (docs/architecture.md):
 ``lang`` (text → Spec) → ``models`` → ``concepts`` → ``compiler`` (Spec + model → Plan) → ``run``
 (Plan → nnsight traces, local or NDIF) → ``compare`` → ``cli``; ``runtime`` is the torch-only code
@@ -16,13 +20,24 @@ import importlib
 import warnings
 
 from ._version import __version__
-from .errors import Diagnostic, Span, SpecError, UserError
-from .lang.canonical import spec_hash
-from .lang.diff import Change, diff
-from .lang.loading import load, parse, parse_file
+from .errors import Diagnostic, Span, SpecError, UserError, public
+from .lang import canonical as _canonical
+from .lang import diff as _diff
+from .lang import loading as _loading
+from .lang import variants as _variants
+from .lang.diff import Change
 from .lang.nodes import Ablate, Clamp, Concept, Gate, Include, Let, Pin, Ref, Scale, Steer, Tokens, Unit, Value
 from .lang.spec import Spec
-from .lang.variants import Variant, expand
+from .lang.variants import Variant
+
+# The public functions raise SpecError for every bad input (a UserError, e.g. a missing file, is turned
+# into one); the modules' own functions, which the command line uses, keep the two apart.
+load = public(_loading.load)
+parse_file = public(_loading.parse_file)
+parse = public(_loading.parse)
+diff = public(_diff.diff)
+expand = public(_variants.expand)
+spec_hash = public(_canonical.spec_hash)
 
 # Names that need torch/nnsight, loaded on first use so `import constraintdsl` stays light.
 _LAZY = {
@@ -69,7 +84,8 @@ _MOVED = {
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is not None:
-        return getattr(importlib.import_module(f".{module}", __name__), name)
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        return public(value) if name in ("load_model", "resolve") else value
     moved = _MOVED.get(name)
     if moved is not None:
         warnings.warn(

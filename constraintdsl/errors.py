@@ -3,22 +3,42 @@
 Every user-facing problem in constraintdsl is a :class:`Diagnostic` pointing at a
 :class:`Span` of some source text.  :class:`SpecError` carries one or more of them
 together with the source texts needed to show the offending line and a caret.
+
+The two exception types:
+
+- :class:`UserError`: any problem the user can fix (a spec, a data file, a flag, a path, a model,
+  a server).  The command line exits 2 for it.  ``where`` names the file, flag or model.
+- :class:`SpecError`, its subclass: problems located inside files, every one of them
+  (``diagnostics``).  ``cdsl check`` exits 1 for it (the check failed), other verbs 2.
+
+The Python API (every function ``constraintdsl`` exports, and a :class:`~constraintdsl.compiler.Plan`'s
+methods) raises only :class:`SpecError` for bad input, so ``except cdsl.SpecError`` catches all of it:
+a problem that is not inside a file (a missing file, a model that cannot be loaded) becomes a
+SpecError whose one diagnostic is located at the path or argument itself, with line 0
+(rendered ``path: error: message``).  Arguments of the wrong type raise :class:`TypeError`.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["Diagnostic", "Span", "SpecError", "UserError", "describe_char", "did_you_mean", "render"]
+__all__ = ["Diagnostic", "Span", "SpecError", "UserError", "describe_char", "did_you_mean", "public", "render"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """A region of a source file; lines and columns are 1-based, ``end_col`` exclusive."""
+    """A region of a source file; lines and columns are 1-based, ``end_col`` exclusive.
+
+    Line 0 stands for the file (or flag, or model) as a whole: rendered as just ``path``.
+    """
 
     path: str
     line: int
@@ -27,7 +47,7 @@ class Span:
     end_col: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.col}"
+        return self.path if self.line == 0 else f"{self.path}:{self.line}:{self.col}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +87,11 @@ class UserError(Exception):
     def __str__(self) -> str:
         return self.render()
 
+    @property
+    def diagnostics(self) -> list[Diagnostic]:
+        """This error as one diagnostic located at ``where`` as a whole (line 0)."""
+        return [Diagnostic(Span(self.where, 0, 0), self.message, self.hint)]
+
     def render(self) -> str:
         """``where: error: message`` and at most one hint line."""
         text = f"{self.where}: error: {self.message}"
@@ -87,13 +112,18 @@ class SpecError(UserError):
         diags = [diagnostics] if isinstance(diagnostics, Diagnostic) else list(diagnostics)
         if not diags:
             raise ValueError("SpecError needs at least one diagnostic")
-        self.diagnostics: list[Diagnostic] = sorted(diags, key=lambda d: (d.span.path, d.span.line, d.span.col))
+        self._diagnostics: list[Diagnostic] = sorted(diags, key=lambda d: (d.span.path, d.span.line, d.span.col))
         self.sources: dict[str, str] = dict(sources or {})
         first = self.diagnostics[0]
         Exception.__init__(self, first.message)
         self.where = str(first.span)
         self.message = first.message
         self.hint = first.hint
+
+    @property
+    def diagnostics(self) -> list[Diagnostic]:
+        """Every problem found, sorted by file, line and column."""
+        return self._diagnostics
 
     def __str__(self) -> str:
         return self.render()
@@ -109,6 +139,31 @@ class SpecError(UserError):
     def single(cls, span: Span, message: str, hint: str | None = None, source: str | None = None) -> SpecError:
         """Shorthand for an error with one diagnostic."""
         return cls(Diagnostic(span, message, hint), {span.path: source} if source is not None else None)
+
+    @classmethod
+    def of(cls, error: UserError) -> SpecError:
+        """``error`` as a SpecError: itself, or one diagnostic at its ``where`` as a whole (line 0)."""
+        if isinstance(error, SpecError):
+            return error
+        made = cls(error.diagnostics)
+        made.__cause__ = error
+        return made
+
+
+def public(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Mark a function of the Python API: every :class:`UserError` it raises reaches the caller as a
+    :class:`SpecError` (see the module docstring)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except SpecError:
+            raise
+        except UserError as e:
+            raise SpecError.of(e) from None
+
+    return wrapper
 
 
 MAX_SHOWN = 50  # diagnostics rendered per error; the rest are counted
@@ -147,8 +202,8 @@ def render(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None 
     diags = list(diagnostics)
     for d in diags[:MAX_SHOWN]:
         s = d.span
-        out.append(f"{s.path}:{s.line}:{s.col}: {d.severity}: {d.message}")
-        text = (sources or {}).get(s.path)
+        out.append(f"{s}: {d.severity}: {d.message}")
+        text = (sources or {}).get(s.path) if s.line > 0 else None
         if text is not None:
             if s.path not in line_cache:
                 line_cache[s.path] = text.split("\n")

@@ -126,7 +126,7 @@ def test_files_that_are_not_sets_are_clear_errors(tmp_path: Path) -> None:
     assert "aliases" in error_of(write(tmp_path, GOOD.replace('"How was the concert?"', "*q"))).message
     with pytest.raises(UserError, match="unsupported A/B set format"):
         load_ab(write(tmp_path, GOOD, "set.json"))
-    with pytest.raises(UserError, match="file not found"):
+    with pytest.raises(UserError, match="no such file"):
         load_ab(tmp_path / "absent.yaml")
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from constraintdsl.concepts import build as artifacts
 from constraintdsl.concepts.artifact import (
     PERCENTILE_LEVELS,
     REQUIRED_METADATA,
@@ -24,6 +23,7 @@ from constraintdsl.concepts.artifact import (
     save_artifact,
 )
 from constraintdsl.concepts.build import build_concept, cache_path
+from constraintdsl.concepts.extract import build as artifacts
 from constraintdsl.errors import Span, SpecError, UserError
 from constraintdsl.models.loading import ModelIdentity
 from tests.tiny import tiny_nnsight
@@ -269,7 +269,7 @@ def test_unsupported_suffixes_and_missing_files_are_clear_errors(tmp_path: Path,
     other = tmp_path / "c.json"
     other.write_text("{}")
     fails(other, "unsupported concept file type '.json'")
-    fails(tmp_path / "missing.safetensors", "not found")
+    fails(tmp_path / "missing.safetensors", "no such file")
     with pytest.raises(SpecError) as info:
         load_artifact(tmp_path / "missing.safetensors", span=Span("s.cdsl", 2, 9))
     assert str(info.value).startswith("s.cdsl:2:9:")

@@ -16,6 +16,7 @@ from constraintdsl.concepts.artifact import load_artifact
 from constraintdsl.concepts.extract import recommended_layers
 from constraintdsl.run import runner
 from constraintdsl.run.readout import readout
+from tests.readback import projections_after
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = read_prompts(str(ROOT / "specs" / "prompts" / "neutral.txt"))
@@ -50,7 +51,19 @@ def test_a_floor_clamp_moves_generated_text_towards_the_positive_pole(model: Any
     rows = plan.telemetry(done.telemetry)
     assert [r.layer for r in rows] == [10, 11, 12, 13, 14]
     assert all(r.binding > 0 for r in rows)  # the floor bound at every layer it names
-    assert all(r.after is not None and r.after >= 1.0 - 1e-3 for r in rows)  # and held: mean ≥ the floor
+    # and held on every token: the prompts and generations forwarded again with the plan, read after each layer
+    sites = {site["layer"]: site for site in plan.payload["sites"]}
+    floors = {layer: site["bounds"][0]["lo"] for layer, site in sites.items()}
+    after, real = projections_after(
+        model,
+        plan.payload,
+        {"input_ids": done.ids, "attention_mask": torch.cat([done.attention_mask, torch.ones_like(done.new_ids)], 1)},
+        sorted(sites),
+        {layer: site["dirs"][0] for layer, site in sites.items()},
+    )
+    for layer, floor in floors.items():
+        worst = float(after[layer][real].min())
+        assert worst >= floor - 1e-3 * max(1.0, abs(floor)), f"layer {layer}: a token at {worst} < floor {floor}"
 
 
 def test_a_steer_with_a_clamp_moves_it_further(model: Any) -> None:

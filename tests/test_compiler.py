@@ -222,3 +222,19 @@ def test_the_payload_runs_in_the_runtime_and_holds_the_bounds(model: Any) -> Non
     pb = out.reshape(-1, H) @ site["dirs"][1]
     assert (pa >= NEG + 0.5 * SCALE - 1e-4).all()
     assert ((pb >= NEG - SCALE - 1e-4) & (pb <= NEG + 1e-4)).all()
+
+
+def test_a_clamp_holds_on_every_selected_token_of_a_real_forward_pass(model: Any) -> None:
+    from tests.readback import projections_after
+
+    plan = compile_(model, "clamp a >= 0.5 at layer 1\nclamp b in [-1, 0] at layer 1\n")
+    (site,) = plan.payload["sites"]
+    prompts = ["hello there", "a longer prompt about the weather today"]
+    dirs = site["dirs"]
+    before, real = projections_after(model, None, prompts, [1], {1: dirs[0]})
+    after_a, _ = projections_after(model, plan.payload, prompts, [1], {1: dirs[0]})
+    after_b, _ = projections_after(model, plan.payload, prompts, [1], {1: dirs[1]})
+    floor = NEG + 0.5 * SCALE
+    assert bool((before[1][real] < floor).any())  # the clamp had work to do
+    assert bool((after_a[1][real] >= floor - 1e-4).all())
+    assert bool(((after_b[1][real] >= NEG - SCALE - 1e-4) & (after_b[1][real] <= NEG + 1e-4)).all())

@@ -2,7 +2,8 @@
 file in tests/cases/invalid fails with exactly the rendered error in its ``.err`` file.
 
 Run with ``CDSL_UPDATE_GOLDEN=1`` to rewrite the expected files after an intended change, then
-review the diff.
+review the diff.  In that mode a case whose golden file changed (or was missing) fails after writing
+it, so an update run never passes by comparing a file with itself; rerun without the variable.
 """
 
 from __future__ import annotations
@@ -18,6 +19,21 @@ from constraintdsl import SpecError, UserError, expand, load
 CASES = Path(__file__).parent / "cases"
 UPDATE = os.environ.get("CDSL_UPDATE_GOLDEN") == "1"
 SUFFIXES = (".cdsl", ".yaml", ".yml")
+
+
+def _update(golden: Path, text: str) -> None:
+    """With CDSL_UPDATE_GOLDEN=1: write ``text`` to ``golden`` when it differs, and fail so the change is
+    reviewed (the comparison after it would only compare the new file with itself)."""
+    if not UPDATE:
+        return
+    old = golden.read_text(encoding="utf-8") if golden.exists() else None
+    if old == text:
+        return
+    golden.write_text(text, encoding="utf-8")
+    pytest.fail(
+        f"{'updated' if old is not None else 'created'} {golden}: "
+        "review the diff, then rerun without CDSL_UPDATE_GOLDEN"
+    )
 
 
 def _cases(kind: str) -> list[str]:
@@ -43,8 +59,7 @@ def test_valid_case_loads_to_its_golden_canonical_form(name: str, monkeypatch: p
     monkeypatch.chdir(CASES / "valid")
     actual = _expected_valid(name)
     golden = Path(name).with_suffix(".json")
-    if UPDATE:
-        golden.write_text(json.dumps(actual, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _update(golden, json.dumps(actual, indent=2, ensure_ascii=False) + "\n")
     assert golden.exists(), f"no golden file {golden}; run with CDSL_UPDATE_GOLDEN=1 and review it"
     assert actual == json.loads(golden.read_text(encoding="utf-8"))
 
@@ -56,8 +71,7 @@ def test_invalid_case_fails_with_its_golden_error(name: str, monkeypatch: pytest
         load(name)
     rendered = info.value.render() + "\n"
     golden = Path(name + ".err")
-    if UPDATE:
-        golden.write_text(rendered, encoding="utf-8")
+    _update(golden, rendered)
     assert golden.exists(), f"no golden file {golden}; run with CDSL_UPDATE_GOLDEN=1 and review it"
     assert rendered == golden.read_text(encoding="utf-8")
     if isinstance(info.value, SpecError):

@@ -11,6 +11,7 @@ import torch
 
 from constraintdsl.compare.comparison import Inputs, compare, corpus_windows
 from constraintdsl.run import runner
+from tests.readback import projections_after
 from tests.test_compare import TEXT, spec, write_concepts
 from tests.test_compiler import compile_
 from tests.tiny import tiny_nnsight
@@ -48,11 +49,14 @@ def test_generation_on_the_gpu_equals_the_cpu_run(model: Any, gpu_model: Any) ->
     torch.testing.assert_close(gpu[1].telemetry, cpu[1].telemetry, rtol=1e-4, atol=1e-4)
 
 
-def test_a_clamp_holds_on_the_gpu(gpu_model: Any) -> None:
+def test_a_clamp_holds_on_every_selected_token_on_the_gpu(gpu_model: Any) -> None:
     plan = compile_(gpu_model, "clamp a >= 0.5 at layer 1\n")
-    done = runner.trace(gpu_model, plan.payload, PROMPTS, chat=False)
-    rows = plan.telemetry(done.telemetry)
-    assert rows[0].binding > 0 and rows[0].after is not None and rows[0].after >= 0.5 - 1e-4
+    (site,) = plan.payload["sites"]
+    floor, u = site["bounds"][0]["lo"], site["dirs"][0]
+    after, real = projections_after(gpu_model, plan.payload, PROMPTS, [1], {1: u})
+    before, _ = projections_after(gpu_model, None, PROMPTS, [1], {1: u})
+    assert bool((before[1][real] < floor).any())  # the clamp had work to do
+    assert bool((after[1][real] >= floor - 1e-4).all())  # and every selected token holds it
 
 
 def test_compare_on_the_gpu_equals_the_cpu_comparison(model: Any, gpu_model: Any, concept_dir: Path) -> None:

@@ -70,7 +70,7 @@ def test_a_jsonl_dataset_takes_its_concept_name_from_the_file_stem(tmp_path: Pat
 def test_a_missing_file_names_the_path_or_the_pointing_statement(tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         load_pairs(tmp_path / "nope.yaml")
-    assert "nope.yaml" in str(info.value) and "not found" in str(info.value)
+    assert "nope.yaml" in str(info.value) and "no such file" in str(info.value)
     from constraintdsl.errors import Span
 
     with pytest.raises(SpecError) as located:

@@ -209,15 +209,53 @@ def test_no_finite_input_becomes_nan_or_inf_even_with_huge_norms() -> None:
     assert torch.isfinite(out).all()
 
 
+class _CountTorchCalls(torch.overrides.TorchFunctionMode):
+    """Counts every torch function and tensor method called while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _torch_calls(work: Any) -> int:
+    with _CountTorchCalls() as counter:
+        work()
+    return counter.calls
+
+
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_the_solver_runs_without_a_python_loop_over_tokens(k: int) -> None:
+    # A Python loop over tokens would call torch once (or more) per token: the number of torch calls
+    # must not change between 8 and 4096 tokens, and the result must still be right.
     rng = np.random.default_rng(k)
     u = unit_rows(rng, k)
     group = prepare_group(u, [True] * k, [True] * k)
-    h = torch.tensor(rng.standard_normal((4096, H)), dtype=torch.float32)
-    lo, hi = torch.full((4096, k), -0.1), torch.full((4096, k), 0.1)
-    delta, y, active = solve_bounds(h, group, lo, hi)
-    assert delta.shape == (4096, H) and y.shape == (4096, k) and active.shape == (4096, k)
+
+    def solve(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = torch.tensor(np.random.default_rng(n).standard_normal((n, H)) * 3, dtype=torch.float32)
+        return h, *solve_bounds(h, group, torch.full((n, k), -0.1), torch.full((n, k), 0.1))[:2]
+
+    assert _torch_calls(lambda: solve(8)) == _torch_calls(lambda: solve(4096))
+    h, delta, y = solve(4096)
+    assert delta.shape == (4096, H) and y.shape == (4096, k)
+    proj = (h + delta) @ u.T
+    assert bool(((proj >= -0.1 - 1e-4) & (proj <= 0.1 + 1e-4)).all())
+
+
+def test_a_site_is_applied_without_a_python_loop_over_tokens() -> None:
+    rng = np.random.default_rng(9)
+    u = unit_rows(rng, 2)
+    site = site_for(u, torch.tensor([0.0, -1.0]), torch.tensor([0.5, 1.0]))
+
+    def apply(t: int) -> None:
+        h = torch.tensor(np.random.default_rng(t).standard_normal((2, t, H)) * 3, dtype=torch.float32)
+        apply_site(h, site, *positions_of(2, t), {}, torch.zeros(4, 8))
+
+    assert _torch_calls(lambda: apply(4)) == _torch_calls(lambda: apply(2048))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])

@@ -91,9 +91,18 @@ class _Bar:
             self.bar.close()
 
 
-def _inputs(opts: CompareOptions, tokenizer: Any) -> Inputs:
+@dataclass(frozen=True)
+class _Read:
+    """The comparison's input files, read and checked before any model work."""
+
+    prompts: tuple[str, ...]
+    documents: list[str]
+    ab: Any  # ABSet | None
+
+
+def _read_inputs(opts: CompareOptions) -> _Read:
     from constraintdsl.compare.ab import load_ab
-    from constraintdsl.compare.comparison import Inputs, corpus_windows, read_corpus
+    from constraintdsl.compare.comparison import read_corpus
 
     from .run import read_prompts
 
@@ -103,24 +112,27 @@ def _inputs(opts: CompareOptions, tokenizer: Any) -> Inputs:
         prompts = prompts[: opts.prompt_limit]
     if not prompts:
         raise UserError(prompts_path, "no prompts to generate from", "write one prompt per line")
-    corpus_path = opts.corpus or str(shipped("corpus"))
-    windows, total = corpus_windows(
-        tokenizer, read_corpus(corpus_path), window=opts.window, max_tokens=opts.corpus_tokens
-    )
+    documents = read_corpus(opts.corpus or str(shipped("corpus")))
+    ab = load_ab(opts.ab) if opts.ab is not None else None
+    return _Read(tuple(prompts), documents, ab)
+
+
+def _inputs(opts: CompareOptions, read: _Read, tokenizer: Any) -> Inputs:
+    from constraintdsl.compare.comparison import Inputs, corpus_windows
+
+    windows, total = corpus_windows(tokenizer, read.documents, window=opts.window, max_tokens=opts.corpus_tokens)
     # the shipped files are named as such, not by where this installation keeps them
     sources = [
         ("prompts", opts.prompts or "shipped: prompts/compare.txt"),
         ("corpus", opts.corpus or "shipped: corpus/neutral.txt"),
     ]
-    ab = None
     if opts.ab is not None:
-        ab = load_ab(opts.ab)
         sources.append(("ab", opts.ab))
     return Inputs(
-        prompts=tuple(prompts),
+        prompts=read.prompts,
         corpus=windows,
         corpus_tokens_total=total,
-        ab=ab,
+        ab=read.ab,
         max_new_tokens=opts.max_new_tokens,
         sources=tuple(sources),
     )
@@ -138,17 +150,57 @@ def _open_store(path: str | None) -> RunStore:
     return RunStore(path)
 
 
+def _preflight(opts: CompareOptions, specs: list[Spec]) -> _Read:
+    """Everything that can be checked without the model, before it is loaded: every spec's concept files
+    and pair sets, the prompts, corpus and A/B set, ``--effect``, ``--corpus-tokens``, the host, and that
+    the report folder and the store can be written."""
+    from constraintdsl.compiler.preflight import check_files, check_host
+    from constraintdsl.errors import SpecError
+
+    if opts.corpus_tokens is not None and opts.corpus_tokens < opts.window:
+        raise UserError(
+            "--corpus-tokens",
+            f"{opts.corpus_tokens} tokens make no window of {opts.window} (--window)",
+            f"give 0 (the whole corpus) or at least {opts.window}",
+        )
+    problems: list[SpecError] = []
+    for spec in specs:
+        try:
+            check_files(spec)
+        except SpecError as e:
+            problems.append(e)
+    if problems:
+        raise SpecError(
+            [d for e in problems for d in e.diagnostics], {k: v for e in problems for k, v in e.sources.items()}
+        )
+    _check_effect(opts, specs)
+    if opts.host is not None:
+        check_host(opts.host)
+    read = _read_inputs(opts)
+    if opts.report is not None:
+        from constraintdsl.compare.report import REPORT_FILES
+        from constraintdsl.files import check_output_dir
+
+        check_output_dir(opts.report, "--report", REPORT_FILES)
+    if opts.record or opts.from_store:
+        _open_store(opts.store).check(writable=opts.record and not opts.from_store, flag="--store")
+    return read
+
+
 def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
-    """``cdsl compare``: the baseline and every spec/variant on the same inputs; tables, JSON, report, store."""
+    """``cdsl compare``: the baseline and every spec/variant on the same inputs; tables, JSON, report, store.
+
+    Every input and output location is checked before the model is loaded (see :func:`_preflight`)."""
     from constraintdsl.compare.comparison import compare
-    from constraintdsl.models.loading import DEFAULT_MODEL, load_model
+    from constraintdsl.models.loading import DEFAULT_MODEL, check_model_name, load_model
 
     specs = _specs(opts.specs)
-    _check_effect(opts, specs)
+    read = _preflight(opts, specs)
     chosen = opts.model or specs[0].model or DEFAULT_MODEL
+    check_model_name(chosen)
     err.write(f"loading model {chosen} ({opts.dtype})…\n")
     model = load_model(chosen, dtype=opts.dtype)
-    inputs = _inputs(opts, model.tokenizer)
+    inputs = _inputs(opts, read, model.tokenizer)
     info = inputs.describe()
     err.write(
         f"inputs: {info['prompts']} prompts, corpus {info['corpus_tokens_used']} of {info['corpus_tokens_total']} "
@@ -288,8 +340,16 @@ def runs_list(store_path: str | None, *, limit: int, fmt: str, out: TextIO) -> i
     if not records:
         out.write("no runs recorded\n")
         return EXIT_OK
+    # a terminal gets a short inputs hash; a pipe or a file the whole one (machine-readable lines are never cut)
+    short = getattr(out, "isatty", lambda: False)()
     body = [
-        [r.id, _when(r.created), r.model, r.inputs_hash[:19], ", ".join(x.label for x in r.results[1:])]
+        [
+            r.id,
+            _when(r.created),
+            r.model,
+            r.inputs_hash[:19] if short else r.inputs_hash,
+            ", ".join(x.label for x in r.results[1:]),
+        ]
         for r in records
     ]
     out.write(text_table(["id", "created", "model", "inputs", "specs"], body) + "\n")
@@ -365,7 +425,8 @@ def _compare_cmd(
         str | None, typer.Option("--corpus", help="reference corpus (default: the shipped neutral corpus)")
     ] = None,
     corpus_tokens: Annotated[
-        int, typer.Option("--corpus-tokens", min=2, help="use the corpus's first N tokens (0: all)")
+        int,
+        typer.Option("--corpus-tokens", min=0, help="use the corpus's first N tokens (0: all; else at least --window)"),
     ] = 8192,
     window: Annotated[int, typer.Option("--window", min=2, max=8192, help="tokens per corpus window")] = 128,
     ab: Annotated[str | None, typer.Option("--ab", help="A/B behavior set (YAML)")] = None,

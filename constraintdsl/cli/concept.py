@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from constraintdsl.errors import UserError
+from constraintdsl.files import check_output_file
 
 from .common import Dtype
 
@@ -70,7 +71,26 @@ def _parse_layers(text: str | None) -> list[int] | None:
 
 
 def _console() -> Console:
-    return Console()
+    """A console for tables: when the output is not a terminal (a pipe, a file) nothing is cut or wrapped,
+    so paths and hashes stay whole on one line."""
+    import sys
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=100_000, soft_wrap=True, no_color=True, highlight=False)
+
+
+def _is_artifact(path: Path) -> bool:
+    """Whether ``path`` is missing or holds a concept artifact (which ``-o`` may replace with a new one)."""
+    from constraintdsl.concepts.artifact import load_artifact
+
+    if not path.exists() or path.is_dir():
+        return True  # nothing to lose (a folder is refused by the output check)
+    try:
+        load_artifact(path)
+    except UserError:
+        return False
+    return True
 
 
 @concept_app.command("build")
@@ -88,7 +108,7 @@ def build(
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="extract even if a cached artifact exists")] = False,
     dtype: Annotated[Dtype, typer.Option("--dtype", help="model dtype for the forward passes")] = Dtype.float32,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="sequences per forward pass")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="sequences per forward pass")] = 16,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
     remote: Annotated[
         bool,
@@ -113,8 +133,14 @@ def build(
     from constraintdsl.models.loading import load_model
 
     chosen = _parse_layers(layers)
-    if output is not None and Path(output).suffix != ".safetensors":
-        raise UserError("-o", f"'{output}' must end in .safetensors")
+    if output is not None:
+        if Path(output).suffix != ".safetensors":
+            raise UserError("-o", f"'{output}' must end in .safetensors")
+        check_output_file(output, "-o", replaceable=_is_artifact(Path(output)))
+    if host is not None:
+        from constraintdsl.compiler.preflight import check_host
+
+        check_host(host)
     pair_set = load_pairs(pairs)
     loaded = load_model(model, dtype=dtype.value)
     key, _ = concept_cache_key(pair_set, loaded, layers=chosen, site=site.value, method=method.value)
@@ -133,7 +159,7 @@ def build(
         remote=(host or True) if remote or host else False,
         timeout=timeout,
     )
-    where = save_artifact(artifact, output) if output is not None else Path(str(artifact.path))
+    where = save_artifact(artifact, output, where="-o") if output is not None else Path(str(artifact.path))
     console = _console()
     console.print(layer_table(artifact))
     best = recommended_layers(artifact)

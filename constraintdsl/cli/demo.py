@@ -97,7 +97,20 @@ def main() -> int:
     print("$ " + " ".join(COMPARE), flush=True)
     code = cdsl(COMPARE[1:])
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s", flush=True)
+    print(_path_hint(), flush=True)
     return code
+
+
+def _path_hint() -> str:
+    """How to get ``cdsl`` on PATH: it lives in the virtualenv ``make`` created, not on the system PATH."""
+    scripts = Path(sys.executable).parent
+    if (scripts / "cdsl").exists():
+        try:
+            shown = scripts.relative_to(Path.cwd())
+        except ValueError:
+            shown = scripts
+        return f"cdsl is installed in {shown}: run `source {shown}/activate` to put it on PATH (or call {shown}/cdsl)"
+    return "cdsl is not on PATH: install the package (pip install -e .) to get the command"
 
 
 if __name__ == "__main__":

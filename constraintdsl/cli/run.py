@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from constraintdsl.errors import Span, SpecError, UserError
-from constraintdsl.lang.loading import concept_hashes, load, read_text
+from constraintdsl.lang.loading import load, read_text
 from constraintdsl.tables import text_table
 
 from .common import EXIT_FAILED, EXIT_OK, Dtype, DtypeOpt, ModelOpt, OutputFormat, VariantOpt
@@ -32,7 +32,7 @@ __all__ = ["explain_spec", "fetch_job", "jobs_dir", "read_prompts", "register", 
 def read_prompts(path: str) -> list[str]:
     """Prompts from a file: ``.txt`` one per line (blank lines and ``#`` comments skipped), or
     ``.jsonl`` with one ``{"prompt": "…"}`` (or a JSON string) per line."""
-    text = read_text(path)
+    text = read_text(path, kind="prompts")
     prompts: list[str] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -61,9 +61,10 @@ def read_prompts(path: str) -> list[str]:
 
 
 def _load_model(spec: Spec, name: str | None, dtype: str, err: TextIO) -> Any:
-    from constraintdsl.models.loading import DEFAULT_MODEL, load_model
+    from constraintdsl.models.loading import DEFAULT_MODEL, check_model_name, load_model
 
     chosen = name or spec.model or DEFAULT_MODEL
+    check_model_name(chosen)
     err.write(f"loading model {chosen} ({dtype})…\n")
     err.flush()
     return load_model(chosen, dtype=dtype)
@@ -80,7 +81,22 @@ def _compile(
         from constraintdsl.lang.variants import select
 
         spec = select(spec, variant).spec
-    digest = spec_hash(spec, concept_hashes(spec))
+    elif spec.lets:
+        from constraintdsl.lang.loading import spec_sources
+        from constraintdsl.lang.variants import expand
+
+        variants = expand(spec)
+        let = spec.lets[0]
+        raise SpecError.single(
+            let.name_span,
+            f"this spec is a sweep of {len(variants)} variants ({', '.join(x.name for x in spec.lets)}), "
+            "and this command runs one",
+            f"choose one with --variant {variants[0].name} (or compare them all: cdsl compare {path})",
+            source=spec_sources(spec).get(let.name_span.path),
+        )
+    from constraintdsl.compiler.preflight import check_files
+
+    digest = spec_hash(spec, check_files(spec).hashes)  # every concept file and pair set, before the model
     model = _load_model(spec, model_name, dtype, err)
     return resolve(spec, model, progress=progress), model, digest
 
@@ -211,15 +227,19 @@ def run_spec(
     submitted: its id goes to ``out`` and ``cdsl job ID`` fetches the result later."""
     from constraintdsl.run import runner
 
+    target: bool | str = (host or True) if remote or host else False
+    if not wait and not target:
+        raise UserError("--no-wait", "--no-wait needs --remote (only a server can hold a job)", None)
+    if host is not None:
+        from constraintdsl.compiler.preflight import check_host
+
+        check_host(host)
     plan, model, digest = _compile(path, model_name, dtype, err, variant=variant)
     payloads = [None, plan.payload] if baseline else [plan.payload]
-    target: bool | str = (host or True) if remote or host else False
     progress = _progress(err) if target else None
     where = f" on NDIF ({host or 'configured host'})" if target else ""
     err.write(f"generating {max_new_tokens} tokens for {len(prompts)} prompt(s){where}…\n")
     if not wait:
-        if not target:
-            raise UserError("--no-wait", "--no-wait needs --remote (only a server can hold a job)", None)
         job = runner.submit(model, payloads, prompts, remote=target, max_new_tokens=max_new_tokens, progress=progress)
         _save_job(
             job,

@@ -16,11 +16,11 @@ import typer
 
 from constraintdsl.atomic import write_atomic
 from constraintdsl.errors import Span, SpecError, UserError
+from constraintdsl.files import check_output_file, read_bytes
 from constraintdsl.lang.canonical import spec_hash, to_dsl, to_yaml
 from constraintdsl.lang.diff import diff, render_changes
 from constraintdsl.lang.loading import concept_hashes, load, parse_file, read_text
 from constraintdsl.lang.parser import is_yaml_path, normalize_text
-from constraintdsl.lang.spec import Spec
 from constraintdsl.lang.variants import expand
 
 from .common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, SpecFormat
@@ -28,21 +28,38 @@ from .common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, SpecFormat
 __all__ = ["check", "diff_files", "fmt", "hash_file", "register", "schema"]
 
 
-def _load_checked(path: str, *, resolve_concepts: bool) -> tuple[Spec, dict[str, str]]:
-    spec = load(path)
-    return spec, concept_hashes(spec) if resolve_concepts else {}
+def check(
+    paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_concepts: bool = True, model: str | None = None
+) -> int:
+    """``cdsl check``: load each spec (includes), open every concept file and pair set it names, and report
+    every problem; exit 1 when a spec has problems, 2 when a file cannot be read at all.
 
+    With ``model`` (a name, hub id or folder) each spec is also checked against that model's config and
+    tokenizer, without loading its weights (see :mod:`constraintdsl.compiler.preflight`).  A spec with lets also
+    reports its variants: their count in text, their names in JSON (``variants``; empty for a spec
+    without lets)."""
+    from constraintdsl.compiler.preflight import check_files
 
-def check(paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_concepts: bool = True) -> int:
-    """``cdsl check``: load each spec (includes, concept files) and report every problem.
+    described = None
+    if model is not None:
+        from constraintdsl.models.loading import describe_model
 
-    A spec with lets also reports its variants: their count in text, their names in JSON
-    (``variants``; empty for a spec without lets)."""
+        described = describe_model(model)
     code = EXIT_OK
     results: list[dict[str, Any]] = []
     for path in paths:
         try:
-            spec, extra = _load_checked(path, resolve_concepts=resolve_concepts)
+            spec = load(path)
+            if resolve_concepts:
+                opened = check_files(spec)
+                extra = opened.hashes
+                if described is not None:
+                    from constraintdsl.compiler.preflight import check_model
+
+                    config, identity, tokenizer = described
+                    check_model(spec, opened, identity, config, tokenizer)
+            else:
+                extra = {}
         except SpecError as e:
             code = max(code, EXIT_FAILED)
             results.append({"path": path, "ok": False, **e.to_dict()})
@@ -72,6 +89,8 @@ def check(paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_conce
             counts = f"{len(spec.concepts)} concepts, {len(spec.constraints)} constraints"
             if variants:
                 counts += f", {len(variants)} variants of {', '.join(let.name for let in spec.lets)}"
+            if described is not None:
+                counts += f"; fits {described[1].id}"
             out.write(f"ok: {path} ({counts})\n")
     if fmt == "json":
         out.write(json.dumps({"files": results}, indent=2, ensure_ascii=False) + "\n")
@@ -90,7 +109,10 @@ def _yaml_comment(text: str) -> tuple[int, int] | None:
 
 
 def fmt(paths: list[str], *, check_only: bool, to: str | None, out: TextIO, err: TextIO) -> int:
-    """``cdsl fmt``: rewrite files in canonical form (atomically), or ``--check``, or ``--to``."""
+    """``cdsl fmt``: rewrite files in canonical form (atomically), or ``--check``, or ``--to``.
+
+    Every file is handled and reported; the exit code is 2 when a file could not be read or written (or
+    is invalid), else 1 when ``--check`` found a file to reformat, else 0."""
     if to is not None and len(paths) != 1:
         raise UserError(
             "--to",
@@ -99,36 +121,49 @@ def fmt(paths: list[str], *, check_only: bool, to: str | None, out: TextIO, err:
         )
     code = EXIT_OK
     for path in paths:
-        spec = parse_file(path)
-        as_yaml = is_yaml_path(path) if to is None else to == "yaml"
-        canonical = to_yaml(spec) if as_yaml else to_dsl(spec, comments=True)
-        if to is not None:
-            out.write(canonical)
+        try:
+            changed = _fmt_one(path, check_only=check_only, to=to, out=out)
+        except UserError as e:
+            err.write(e.render() + "\n")
+            code = EXIT_INVALID
             continue
-        text = normalize_text(read_text(path))
-        if text == canonical:
-            continue
-        if check_only:
-            out.write(f"would reformat {path}\n")
-            code = EXIT_FAILED
-            continue
-        if as_yaml:
-            where = _yaml_comment(text)
-            if where is not None:
-                raise SpecError.single(
-                    Span(path, where[0], where[1]),
-                    "fmt would drop this comment (YAML comments are not kept)",
-                    "delete the YAML comments first, or leave the file as it is (`cdsl fmt --check` only reports)",
-                    source=text,
-                )
-        write_atomic(Path(path), canonical)
-        out.write(f"reformatted {path}\n")
+        if changed and check_only:
+            code = max(code, EXIT_FAILED)
     return code
+
+
+def _fmt_one(path: str, *, check_only: bool, to: str | None, out: TextIO) -> bool:
+    """Format one file; whether it is (or, with ``check_only``, would be) rewritten."""
+    spec = parse_file(path)
+    as_yaml = is_yaml_path(path) if to is None else to == "yaml"
+    canonical = to_yaml(spec) if as_yaml else to_dsl(spec, comments=True)
+    if to is not None:
+        out.write(canonical)
+        return False
+    text = normalize_text(read_text(path))
+    if text == canonical:
+        return False
+    if check_only:
+        out.write(f"would reformat {path}\n")
+        return True
+    if as_yaml:
+        where = _yaml_comment(text)
+        if where is not None:
+            raise SpecError.single(
+                Span(path, where[0], where[1]),
+                "fmt would drop this comment (YAML comments are not kept)",
+                "delete the YAML comments first, or leave the file as it is (`cdsl fmt --check` only reports)",
+                source=text,
+            )
+    write_atomic(Path(path), canonical)
+    out.write(f"reformatted {path}\n")
+    return True
 
 
 def hash_file(path: str, *, out: TextIO) -> int:
     """``cdsl hash``: sha256 of the canonical spec plus the hashes of its concept files."""
-    spec, extra = _load_checked(path, resolve_concepts=True)
+    spec = load(path)
+    extra = concept_hashes(spec)
     out.write(f"{spec_hash(spec, extra)}  {path}\n")
     return EXIT_OK
 
@@ -151,9 +186,21 @@ def schema(output: str | None, *, out: TextIO) -> int:
     if output is None:
         out.write(text)
     else:
-        write_atomic(Path(output), text)
+        check_output_file(output, "-o", replaceable=_is_our_schema(Path(output)))
+        write_atomic(Path(output), text, where="-o", parents=True)
         out.write(f"wrote {output}\n")
     return EXIT_OK
+
+
+def _is_our_schema(path: Path) -> bool:
+    """Whether ``path`` is missing or holds a schema this command wrote (so it may be replaced)."""
+    try:
+        if not path.exists() or path.is_dir():
+            return True  # nothing to lose (a folder is refused by the output check)
+        data = json.loads(read_bytes(path, "spec").decode("utf-8"))
+    except (UserError, UnicodeDecodeError, ValueError, OSError):
+        return False
+    return isinstance(data, dict) and data.get("title") == "constraintdsl spec"
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -162,9 +209,20 @@ Files = Annotated[list[str], typer.Argument(help="spec files (.cdsl or .yaml)", 
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="text or json")]
 
 
-def _check_cmd(files: Files, format: FormatOpt = OutputFormat.text) -> None:
-    """Check spec files: syntax, references, includes and concept files; report every problem."""
-    raise typer.Exit(check(files, fmt=format.value, out=sys.stdout, err=sys.stderr))
+def _check_cmd(
+    files: Files,
+    format: FormatOpt = OutputFormat.text,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="also check against this model's config and tokenizer (layers, hidden size, depth; no weights "
+            "are loaded): smollm2, a Hugging Face id or a local folder",
+        ),
+    ] = None,
+) -> None:
+    """Check spec files, their includes and every concept file and pair set they name; report every problem."""
+    raise typer.Exit(check(files, fmt=format.value, out=sys.stdout, err=sys.stderr, model=model))
 
 
 def _fmt_cmd(

@@ -25,6 +25,7 @@ import yaml
 
 from constraintdsl.concepts.pairs import _compose, _decode, _describe, _Problems, _span, _yaml_mapping, _yaml_string
 from constraintdsl.errors import Span, SpecError, UserError, clip
+from constraintdsl.files import read_bytes
 
 __all__ = ["ANSWERS", "ITEM_KEYS", "TOP_KEYS", "ABItem", "ABSet", "load_ab"]
 
@@ -152,11 +153,7 @@ def load_ab(path: str | Path) -> ABSet:
     suffix = file.suffix.lower()
     if suffix not in (".yaml", ".yml"):
         raise UserError(name, f"unsupported A/B set format '{suffix or file.name}'", "A/B sets are .yaml or .yml files")
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        reason = "file not found" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
-        raise UserError(name, f"cannot read A/B set: {reason}") from None
+    data = read_bytes(path, "ab")
     problems = _Problems(name, _decode(name, data))
     behavior, items = _parse(problems)
     problems.raise_if_any()

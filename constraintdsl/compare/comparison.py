@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from constraintdsl.errors import UserError
+from constraintdsl.errors import UserError, public
 from constraintdsl.lang.loading import read_text
 
 if TYPE_CHECKING:
@@ -102,9 +102,10 @@ class Inputs:
         }
 
 
+@public
 def read_corpus(path: str) -> list[str]:
     """Documents of a corpus file: plain text, documents separated by lines holding only ``---``."""
-    text = read_text(path)
+    text = read_text(path, kind="corpus")
     docs: list[list[str]] = [[]]
     for line in text.splitlines():
         if line.strip() == "---":
@@ -118,6 +119,7 @@ def read_corpus(path: str) -> list[str]:
     return out
 
 
+@public
 def corpus_windows(
     tokenizer: Any, documents: Sequence[str], *, window: int = DEFAULT_WINDOW, max_tokens: int | None = None
 ) -> tuple[torch.Tensor, int]:

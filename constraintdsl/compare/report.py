@@ -3,21 +3,21 @@ with PNG plots (the tax-versus-effect frontier, binding by layer, marginal tax p
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
+from constraintdsl.atomic import write_bytes_atomic
 from constraintdsl.errors import UserError, clip
+from constraintdsl.files import check_output_dir, os_error
 from constraintdsl.tables import text_table
 
 if TYPE_CHECKING:
     from .comparison import Comparison
 
-__all__ = ["effect_axis", "load_table", "summary_table", "write_report"]
+__all__ = ["REPORT_FILES", "effect_axis", "load_table", "summary_table", "write_report"]
 
 
 def _num(x: float | None, fmt: str = "+.4f") -> str:
@@ -146,7 +146,7 @@ def _markdown_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join([rows[0], "|" + "---|" * len(head), *rows[1:]])
 
 
-def _frontier(comparison: Comparison, path: Path, concept: str | None) -> None:
+def _frontier(comparison: Comparison, path: IO[bytes], concept: str | None) -> None:
     import matplotlib.pyplot as plt
 
     label, effect = effect_axis(comparison, concept)
@@ -172,11 +172,11 @@ def _frontier(comparison: Comparison, path: Path, concept: str | None) -> None:
     ax.set_title(f"Alignment tax curve — {comparison.model}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
-def _binding(comparison: Comparison, path: Path) -> bool:
+def _binding(comparison: Comparison, path: IO[bytes]) -> bool:
     import matplotlib.pyplot as plt
 
     lines = [(r, s) for r in comparison.rows[1:] for s in r.load if s["layers"]]
@@ -193,12 +193,12 @@ def _binding(comparison: Comparison, path: Path) -> bool:
     ax.set_title("Binding by layer (generation)")
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
     return True
 
 
-def _marginal(comparison: Comparison, path: Path) -> bool:
+def _marginal(comparison: Comparison, path: IO[bytes]) -> bool:
     import matplotlib.pyplot as plt
 
     bars = [(f"{r.label}: {m['statement']}", m["delta_nll"]) for r in comparison.rows[1:] for m in r.marginal]
@@ -212,37 +212,45 @@ def _marginal(comparison: Comparison, path: Path) -> bool:
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title("Marginal tax per statement")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
     return True
 
 
+REPORT_FILES: tuple[str, ...] = ("report.md", "comparison.json", "frontier.png", "binding.png", "marginal.png")
+
+
 def write_report(comparison: Comparison, folder: str | Path, *, concept: str | None = None, command: str = "") -> Path:
-    """Write ``report.md``, ``comparison.json`` and the PNG plots into ``folder``, atomically: the
-    folder is built beside the target and renamed into place (an old report there is replaced)."""
+    """Write ``report.md``, ``comparison.json`` and the PNG plots (:data:`REPORT_FILES`) into ``folder``.
+
+    The folder is created when missing; in an existing folder only those files are written, each
+    atomically, and nothing else there is touched (a path that is a file is refused).  Everything is
+    rendered in memory first, so a failure writes nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
-    target = Path(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    target = check_output_dir(folder, "--report", REPORT_FILES)
+    files: dict[str, bytes] = {}
+    frontier = io.BytesIO()
+    _frontier(comparison, frontier, concept)
+    files["frontier.png"] = frontier.getvalue()
+    binding, marginal = io.BytesIO(), io.BytesIO()
+    has_binding = _binding(comparison, binding)
+    has_marginal = _marginal(comparison, marginal)
+    if has_binding:
+        files["binding.png"] = binding.getvalue()
+    if has_marginal:
+        files["marginal.png"] = marginal.getvalue()
+    files["comparison.json"] = (json.dumps(comparison.to_dict(), indent=2, allow_nan=True) + "\n").encode()
+    files["report.md"] = _markdown(comparison, command, has_binding, has_marginal).encode()
     try:
-        _frontier(comparison, tmp / "frontier.png", concept)
-        has_binding = _binding(comparison, tmp / "binding.png")
-        has_marginal = _marginal(comparison, tmp / "marginal.png")
-        (tmp / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=2, allow_nan=True) + "\n")
-        (tmp / "report.md").write_text(_markdown(comparison, command, has_binding, has_marginal))
-        os.chmod(tmp, 0o755)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old / "report")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, target, "create the report folder", where="--report") from None
+    for name in REPORT_FILES:  # report.md last: once it is there, everything it links to is too
+        if name in files and name != "report.md":
+            write_bytes_atomic(target / name, files[name], where="--report")
+    write_bytes_atomic(target / "report.md", files["report.md"], where="--report")
     return target
 
 

@@ -140,6 +140,34 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
 
+    def check(self, *, writable: bool = True, flag: str = "--store") -> None:
+        """Refuse, before any work, a store that could not be read (or written, with ``writable``): a path
+        that is a folder, a FIFO or a device, a file that is not a run store, or one that cannot be
+        written (or created).  Nothing is created or changed."""
+        from constraintdsl.files import check_output_file, kind_of
+
+        try:
+            what = kind_of(self.path)
+        except FileNotFoundError:
+            what = "missing"
+        except OSError as e:
+            from constraintdsl.files import os_error
+
+            raise os_error(e, self.path, "open the run store", where=flag) from None
+        if what == "missing":
+            if writable:
+                check_output_file(self.path, flag)
+            return
+        if what is not None:
+            raise UserError(flag, f"{self.path} is {what}, not a run store file", "give the path of a file")
+        if not os.access(self.path, os.R_OK | (os.W_OK if writable else 0)):
+            raise UserError(
+                flag,
+                f"cannot {'write' if writable else 'read'} the run store {self.path}: permission denied",
+                _HINT_MOVE,
+            )
+        self.list(limit=1)  # a file that is not a run store (or not SQLite) is refused here
+
     # ----------------------------------------------------------------- writing
 
     def record(

@@ -25,13 +25,13 @@ from constraintdsl.lang.loading import spec_sources
 from constraintdsl.lang.nodes import Ablate, Clamp, Depth, Gate, Layers, Op, Pin, Ref, Scale, Steer, Unit, Value
 from constraintdsl.lang.spec import Spec
 from constraintdsl.models.loading import ModelIdentity, model_identity
-from constraintdsl.models.sites import arch_sites
+from constraintdsl.models.sites import arch_sites, hf_module
 from constraintdsl.runtime import interventions
 
 from .plan import Plan
 from .telemetry import Entry
 
-__all__ = ["resolve", "resolve_layers"]
+__all__ = ["check_plan_model", "gate_layer", "op_layers", "resolve", "resolve_layers"]
 
 SITE_ORDER = {"attn": 0, "mlp": 1, "resid": 2}
 TOKEN_CODES = {
@@ -44,6 +44,31 @@ TOKEN_CODES = {
 PARALLEL = 1.0 - 1e-6  # |cos| above this: the same direction (or its opposite)
 ORTHOGONAL = 1e-6  # |cos| below this: solved separately
 DEPENDENT = 1e-6  # smallest Gram eigenvalue below this: linearly dependent directions
+
+
+def check_plan_model(compiled_for: ModelIdentity, model: Any) -> None:
+    """Refuse to apply a plan compiled for ``compiled_for`` to ``model`` when they differ in identity
+    (id, revision), layer count or hidden size; a ``model`` that is no model is a :class:`TypeError`."""
+    if hf_module(model) is None:
+        raise TypeError(
+            f"expected a model (an nnsight TransformersModel or a transformers model), not {type(model).__name__}"
+        )
+    got = model_identity(model)
+    differences = []
+    if (got.id, got.revision) != (compiled_for.id, compiled_for.revision):
+        differences.append(f"it is {got.id} (revision {got.revision})")
+    if got.num_layers != compiled_for.num_layers:
+        differences.append(f"{got.num_layers} layers, not {compiled_for.num_layers}")
+    if got.hidden_size != compiled_for.hidden_size:
+        differences.append(f"hidden size {got.hidden_size}, not {compiled_for.hidden_size}")
+    if differences:
+        raise UserError(
+            "model",
+            f"this plan was compiled for {compiled_for.id} (revision {compiled_for.revision}, "
+            f"{compiled_for.num_layers} layers, hidden size {compiled_for.hidden_size}), not for the model it "
+            f"is applied to: {'; '.join(differences)}",
+            "compile the spec for this model: cdsl.compile(spec, model)",
+        )
 
 
 def resolve_layers(where: Layers | Depth, n: int) -> list[int]:
@@ -317,22 +342,49 @@ def _refuse_variables(spec: Spec) -> None:
 
 
 def _checked_layers(r: _Resolver, op: Op, n: int) -> list[int]:
+    layers, problem = op_layers(op, n, r.identity.id)
+    if problem is not None:
+        r.diags.append(problem)
+    return layers
+
+
+def op_layers(op: Op, n: int, model_id: str) -> tuple[list[int], Diagnostic | None]:
+    """The layers ``op`` acts on in an ``n``-layer model, or ``[]`` and the problem (located at ``op``)."""
     if isinstance(op.where, Layers):
         bad = [x for item in op.where.items for x in (item.start, item.stop) if not -n <= x < n]
         if bad:
-            r.error(
+            return [], Diagnostic(
                 op.span,
-                f"layer {bad[0]} is out of range for {r.identity.id}, which has {n} layers",
+                f"layer {bad[0]} is out of range for {model_id}, which has {n} layers",
                 f"valid layers are 0..{n - 1} (or -{n}..-1 from the end)",
             )
-            return []
         for item in op.where.items:
             a = item.start + n if item.start < 0 else item.start
             b = item.stop + n if item.stop < 0 else item.stop
             if a > b:
-                r.error(op.span, f"layer range {item.start}..{item.stop} is empty for a {n}-layer model", None)
-                return []
-    return resolve_layers(op.where, n)
+                return [], Diagnostic(op.span, f"layer range {item.start}..{item.stop} is empty for a {n}-layer model")
+    return resolve_layers(op.where, n), None
+
+
+def gate_layer(op: Op, layers: list[int], n: int, model_id: str) -> tuple[int | None, Diagnostic | None]:
+    """The layer ``op``'s gate reads (``layers``: those ``op`` acts on), or None and the problem: a layer
+    out of range, or one after the first layer the statement acts on."""
+    gate = op.gate
+    assert isinstance(gate, Gate)
+    first = min(layers)
+    layer = first if gate.layer is None else (gate.layer + n if gate.layer < 0 else gate.layer)
+    if not 0 <= layer < n:
+        return None, Diagnostic(gate.span, f"gate layer {gate.layer} is out of range for {model_id} ({n} layers)")
+    # the gate reads the residual stream; an attn/mlp edit at the same layer happens before it
+    limit = first if op.site == "resid" else first - 1
+    if layer > limit:
+        return None, Diagnostic(
+            gate.span,
+            f"the gate reads layer {layer}, after the first layer this statement acts on "
+            f"({first}{'' if op.site == 'resid' else ', ' + op.site})",
+            f"read at or before the layer it acts on: when … at layer {limit}" if limit >= 0 else "remove the gate",
+        )
+    return layer, None
 
 
 def _bounds(r: _Resolver, art: ConceptArtifact, op: Op, layer: int) -> tuple[float, float] | None:
@@ -373,20 +425,10 @@ def _gate(
 ) -> int | None:
     gate = op.gate
     assert isinstance(gate, Gate)
-    first = min(layers)
-    layer = first if gate.layer is None else (gate.layer + n if gate.layer < 0 else gate.layer)
-    if not 0 <= layer < n:
-        r.error(gate.span, f"gate layer {gate.layer} is out of range for {r.identity.id} ({n} layers)", None)
-        return None
-    # the gate reads the residual stream; an attn/mlp edit at the same layer happens before it
-    limit = first if op.site == "resid" else first - 1
-    if layer > limit:
-        r.error(
-            gate.span,
-            f"the gate reads layer {layer}, after the first layer this statement acts on "
-            f"({first}{'' if op.site == 'resid' else ', ' + op.site})",
-            f"read at or before the layer it acts on: when … at layer {limit}" if limit >= 0 else "remove the gate",
-        )
+    layer, problem = gate_layer(op, layers, n, r.identity.id)
+    if layer is None:
+        if problem is not None:
+            r.diags.append(problem)
         return None
     art = r.artifact(gate.concept, "resid", gate.span)
     if art is None:

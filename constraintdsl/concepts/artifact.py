@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +40,9 @@ import numpy as np
 import numpy.typing as npt
 
 from constraintdsl._version import __version__
+from constraintdsl.atomic import write_bytes_atomic
 from constraintdsl.errors import Span, SpecError, UserError
+from constraintdsl.files import read_bytes
 
 if TYPE_CHECKING:
     from constraintdsl.models.loading import ModelIdentity
@@ -214,7 +214,7 @@ def _serialize(tensors: Mapping[str, np.ndarray[Any, Any]], metadata: Mapping[st
     return len(text).to_bytes(8, "little") + text + b"".join(chunks)
 
 
-def save_artifact(artifact: ConceptArtifact, path: str | Path) -> Path:
+def save_artifact(artifact: ConceptArtifact, path: str | Path, *, where: str | None = None) -> Path:
     """Write ``artifact`` as safetensors at ``path`` atomically (temp file beside it, then ``os.replace``)."""
     target = Path(path)
     if target.suffix != ".safetensors":
@@ -223,39 +223,20 @@ def save_artifact(artifact: ConceptArtifact, path: str | Path) -> Path:
         raise UserError(str(target), "a raw vector without layers cannot be saved as a concept artifact")
     metadata = {str(k): str(v) for k, v in artifact.metadata.items()}
     data = _serialize(_tensors(artifact), metadata)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(target, data, parents=True, where=where)
     return target
 
 
 def artifact_hash(path: str | Path) -> str:
     """``sha256:<hex>`` of the file's bytes (what ``cdsl hash`` folds into a spec's hash)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UserError(str(path), f"cannot read concept file: {exc.strerror or exc}") from None
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return "sha256:" + hashlib.sha256(read_bytes(path, "concept")).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- load
 
 
 def _read(path: str, span: Span | None) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise _fail(path, "concept file not found", span=span) from None
-    except OSError as exc:
-        raise _fail(path, f"cannot read concept file: {exc.strerror or exc}", span=span) from None
+    return read_bytes(path, "concept", at=span)
 
 
 def _parse_safetensors(path: str, data: bytes, span: Span | None) -> tuple[dict[str, Any], dict[str, str]]:

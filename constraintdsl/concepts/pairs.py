@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from constraintdsl.errors import Diagnostic, Span, SpecError, UserError, did_you_mean
+from constraintdsl.files import read_bytes
 
 __all__ = ["PAIR_KEYS", "SPLITS", "TOP_KEYS", "Pair", "PairSet", "load_pairs"]
 
@@ -205,6 +206,12 @@ def _parse_yaml(p: _Problems, data: bytes) -> tuple[dict[str, Any], list[Pair]]:
             header[key] = _yaml_string(p, top[key][1], f"'{key}'", allow_empty=key == "description")
         elif key != "description":
             p.add(Span(p.path, 1, 1), f"missing required key '{key}'")
+    if header.get("positive") is not None and header.get("positive") == header.get("negative"):
+        p.add(
+            _span(p.path, top["negative"][1]),
+            f"the two poles have the same name '{header['positive']}'",
+            "name the positive and the negative pole differently (e.g. positive / negative)",
+        )
     pairs: list[Pair] = []
     if "pairs" not in top:
         p.add(Span(p.path, 1, 1), "missing required key 'pairs'")
@@ -357,9 +364,9 @@ def _decode(path: str, data: bytes) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = data[: exc.start]
-        line = before.count(b"\n") + 1
-        col = len(before) - (before.rfind(b"\n") + 1) + 1
+        before = data[: exc.start].decode("utf-8", errors="replace")  # columns count characters
+        line = before.count("\n") + 1
+        col = len(before) - (before.rfind("\n") + 1) + 1
         raise SpecError.single(Span(path, line, col), f"the file is not UTF-8 text (byte {exc.start})") from None
     return text.removeprefix("\ufeff")
 
@@ -380,13 +387,7 @@ def load_pairs(path: str | Path, *, span: Span | None = None) -> PairSet:
         if span is not None:
             raise SpecError.single(span, f"{name}: {message}", hint)
         raise UserError(name, message, hint)
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        reason = "file not found" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
-        if span is not None:
-            raise SpecError.single(span, f"cannot read pair dataset '{name}': {reason}") from None
-        raise UserError(name, f"cannot read pair dataset: {reason}") from None
+    data = read_bytes(path, "pairs", at=span)
     text = _decode(name, data)
     problems = _Problems(name, text)
     if suffix == ".jsonl":

@@ -83,6 +83,9 @@ def _changed(a: dict[str, str], b: dict[str, str]) -> tuple[tuple[str, str, str]
 
 def diff(a: SpecLike, b: SpecLike) -> list[Change]:
     """Semantic changes that turn spec ``a`` into spec ``b`` (empty when they are equal)."""
+    for arg in (a, b):
+        if not isinstance(arg, SpecLike):
+            raise TypeError(f"diff() takes two Specs (from constraintdsl.load), not {type(arg).__name__}")
     out: list[Change] = []
     for key in ("version", "name", "model"):
         va, vb = getattr(a, key), getattr(b, key)

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from constraintdsl.errors import Diagnostic, Span, SpecError, UserError
+from constraintdsl.files import LIMITS, explain_os_error, kind_of, read_bytes
 
 from .nodes import Concept, Include, Let, Op
 from .parser import is_yaml_path, normalize_text, parse_file_statements
@@ -18,29 +19,14 @@ from .validate import assemble, check_concepts, check_lets
 
 __all__ = ["MAX_BYTES", "concept_hashes", "load", "parse", "parse_file", "read_text", "spec_sources"]
 
-MAX_BYTES = 16 * 1024 * 1024
+MAX_BYTES = LIMITS["spec"]
 
 
-def read_text(path: str | Path, *, at: Span | None = None) -> str:
-    """A spec file's text (UTF-8), or a located error: missing file, too large, not UTF-8."""
-    p = Path(path)
+def read_text(path: str | os.PathLike[str], *, at: Span | None = None, kind: str = "spec") -> str:
+    """A text file's contents (UTF-8), or a located error: missing, not a regular file, too large (see
+    :data:`constraintdsl.files.LIMITS` for ``kind``), unreadable, not UTF-8."""
     where = str(path)
-
-    def fail(message: str, hint: str | None = None) -> SpecError | UserError:
-        if at is not None:
-            return SpecError.single(at, message, hint)
-        return UserError(where, message, hint)
-
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise fail(f"no such file: {where}", "check the path (includes are relative to the including file)") from None
-    except IsADirectoryError:
-        raise fail(f"{where} is a directory, not a spec file") from None
-    except OSError as e:
-        raise fail(f"cannot read {where}: {e.strerror}") from None
-    if len(data) > MAX_BYTES:
-        raise fail(f"{where} is {len(data)} bytes; spec files are limited to {MAX_BYTES // (1024 * 1024)} MiB")
+    data = read_bytes(path, kind, at=at)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -57,14 +43,21 @@ def parse(text: str, path: str | None = None) -> Spec:
 
     Raises :class:`SpecError` with every problem found in the file.
     """
+    if not isinstance(text, str):
+        hint = " (to read a file, use constraintdsl.load(path))" if isinstance(text, Path) else ""
+        raise TypeError(f"parse() takes the spec's text as a str, not {type(text).__name__}{hint}")
+    if path is not None and not isinstance(path, str):
+        raise TypeError(f"parse()'s path names the text's file for messages: a str, not {type(path).__name__}")
     name = path or "<string>"
     text = normalize_text(text)
     header, statements, comments, diags = parse_file_statements(text, name)
     return assemble(header, statements, comments, diags, name, text)
 
 
-def parse_file(path: str | Path, *, at: Span | None = None) -> Spec:
+def parse_file(path: str | os.PathLike[str], *, at: Span | None = None) -> Spec:
     """One file as written: DSL or YAML by extension, includes listed but not followed."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"parse_file() takes the path of a spec file (str or Path), not {type(path).__name__}")
     text = normalize_text(read_text(path, at=at))
     name = str(path)
     comments: list[tuple[int, str]] = []
@@ -77,7 +70,7 @@ def parse_file(path: str | Path, *, at: Span | None = None) -> Spec:
     return assemble(header, statements, comments, diags, name, text, included=at is not None)
 
 
-def load(path: str | Path) -> Spec:
+def load(path: str | os.PathLike[str]) -> Spec:
     """The spec a file means: includes resolved relative to each including file and flattened.
 
     A file included twice (diamond) counts once; a cycle or a missing include is an error that
@@ -86,6 +79,8 @@ def load(path: str | Path) -> Spec:
     its files; a file may use the names defined in it and in the files it includes, and a let
     counts as used when any file of the spec uses it.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"load() takes the path of a spec file (str or Path), not {type(path).__name__}")
     root = Path(path)
     sources: dict[str, str] = {}
     seen: set[Path] = set()
@@ -95,7 +90,7 @@ def load(path: str | Path) -> Spec:
     files: list[str] = []
 
     def visit(p: Path, chain: tuple[Path, ...], at: Include | None) -> Spec:
-        real = p.resolve()
+        real = _real(p)
         seen.add(real)
         try:
             spec = parse_file(p, at=at.span if at else None)
@@ -110,8 +105,8 @@ def load(path: str | Path) -> Spec:
         for _, stmt in sorted(items, key=lambda t: t[0]):
             if isinstance(stmt, Include):
                 target = Path(os.path.normpath(p.parent / stmt.path))
-                treal = target.resolve()
-                if treal in {c.resolve() for c in (*chain, p)}:
+                treal = _real(target)
+                if treal in {_real(c) for c in (*chain, p)}:
                     names = " → ".join(str(c) for c in (*chain, p, target))
                     raise SpecError(
                         Diagnostic(stmt.span, f"include cycle: {names}", "remove one of these includes"),
@@ -119,9 +114,9 @@ def load(path: str | Path) -> Spec:
                     )
                 if treal in seen:
                     continue
-                if not target.is_file():
+                what = _include_problem(target)
+                if what is not None:
                     names = " → ".join(str(c) for c in (*chain, p, target))
-                    what = "is a directory, not a spec file" if target.is_dir() else "not found"
                     raise SpecError(
                         Diagnostic(stmt.span, f"included file {what}: {target}", f"include chain: {names}"),
                         _texts(sources, (*chain, p)),
@@ -158,6 +153,24 @@ def load(path: str | Path) -> Spec:
     )
 
 
+def _real(path: Path) -> Path:
+    # os.path.realpath does not raise on a symlink loop (Path.resolve does, on Python < 3.13)
+    return Path(os.path.realpath(path))
+
+
+def _include_problem(target: Path) -> str | None:
+    """Why an included path cannot be read as a spec file, or None when it is a regular file."""
+    try:
+        kind = kind_of(target)
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be read ({explain_os_error(exc)[0]})"
+    if kind is None:
+        return None
+    return "is a directory, not a spec file" if kind == "a folder" else f"is {kind}, not a spec file"
+
+
 def _rebase(concept: Concept, folder: Path, root_folder: Path) -> Concept:
     if folder == root_folder or PurePosixPath(concept.path).is_absolute():
         return concept
@@ -173,16 +186,17 @@ def spec_sources(spec: Spec) -> dict[str, str]:
 def _texts(sources: dict[str, str], paths: tuple[Path, ...] | list[Path]) -> dict[str, str]:
     out = dict(sources)
     for p in paths:
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            out.setdefault(str(p), normalize_text(p.read_text(encoding="utf-8")))
+        if str(p) not in out:
+            with contextlib.suppress(UserError, UnicodeDecodeError):
+                out[str(p)] = normalize_text(read_bytes(p, "spec").decode("utf-8"))
     return out
 
 
 def concept_hashes(spec: Spec) -> dict[str, str]:
     """``concept:NAME`` → sha256 of the file each concept names (pairs data or artifact).
 
-    Paths are relative to the spec's folder.  A missing or unreadable file is an error at the
-    statement's path.
+    Paths are relative to the spec's folder.  A missing or unreadable file (or one that is not a regular
+    file, or too large) is an error at the statement that names it; every such problem is reported.
     """
     base = Path(spec.path).parent
     out: dict[str, str] = {}
@@ -190,11 +204,11 @@ def concept_hashes(spec: Spec) -> dict[str, str]:
     for c in spec.concepts:
         p = Path(os.path.normpath(base / c.path))
         try:
-            out[f"concept:{c.name}"] = "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
-        except FileNotFoundError:
-            diags.append(Diagnostic(c.path_span, f"concept file not found: {p}", "paths are relative to the spec file"))
-        except OSError as e:
-            diags.append(Diagnostic(c.path_span, f"cannot read concept file {p}: {e.strerror}", None))
+            data = read_bytes(p, "concept" if c.source == "file" else "pairs", at=c.path_span)
+        except SpecError as e:
+            diags.extend(e.diagnostics)
+            continue
+        out[f"concept:{c.name}"] = "sha256:" + hashlib.sha256(data).hexdigest()
     if diags:
         raise SpecError(diags, spec_sources(spec))
     return out

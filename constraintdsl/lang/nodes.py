@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol, TypeAlias
+from typing import ClassVar, Literal, Protocol, TypeAlias, runtime_checkable
 
 from constraintdsl.errors import Span
 
@@ -225,6 +225,7 @@ def op_refs(op: Op) -> list[tuple[str, Ref]]:
     return out
 
 
+@runtime_checkable
 class SpecLike(Protocol):
     """What formatting, hashing and diffing read of a spec; :class:`constraintdsl.lang.spec.Spec` is one.
 

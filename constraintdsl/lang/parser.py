@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -596,12 +597,42 @@ def _syntax_diagnostic(err: UnexpectedInput, text: str, builder: _Builder, start
     span = Span(builder.path, line, col, line, col + width)
     if label is not None:
         message, hint = MESSAGES[label]
-        return Diagnostic(span, message.format(found=found), hint)
+        return Diagnostic(span, message.format(found=found), _hint_from_line(label, text, tok) or hint)
     expected = sorted(
         {_describe_terminal(t) for t in getattr(err, "expected", set()) or getattr(err, "accepts", set())}
     )
     exp = ", ".join(expected[:8]) if expected else "something else"
     return Diagnostic(span, f"unexpected {found}; expected {exp}", None)
+
+
+def _hint_from_line(label: str, text: str, tok: Any) -> str | None:
+    """For mistakes with one obvious fix, the user's own statement with that fix applied."""
+    pos = getattr(tok, "start_pos", None)
+    if tok is None or pos is None or not 0 <= pos < len(text):
+        return None
+    statement = text[: _comment_start(text)].strip()
+    offset = len(text) - len(text.lstrip())
+    pos -= offset
+    value = str(tok)
+    if not 0 <= pos < len(statement) or statement[pos : pos + len(value)] != value:
+        return None
+    number = _NUMBER.fullmatch(value) is not None
+    if label == "clamp_strict" and value in (">", "<"):
+        return statement[:pos] + value + "=" + statement[pos + 1 :]
+    if label == "clamp_equals" and value == "=" and statement.startswith("clamp "):
+        return "to hold a value exactly, use pin: pin " + statement[len("clamp ") :]
+    if label == "concept_from" and value in ("pairs", "file"):
+        return statement[:pos] + "from " + statement[pos:]
+    if label == "by_missing" and number:
+        return statement[:pos] + "by " + statement[pos:]
+    if label == "pin_equals" and number:
+        return statement[:pos] + "= " + statement[pos:]
+    if label == "pin_equals" and value in (">=", "<=", "≥", "≤"):
+        return statement[:pos] + "=" + statement[pos + len(value) :]
+    return None
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")
 
 
 @functools.cache
@@ -771,6 +802,6 @@ def parse_statement(
     return builder.statement(cast(Tree[Token], tree.children[0]), header), builder.diags
 
 
-def is_yaml_path(path: str | Path) -> bool:
+def is_yaml_path(path: str | os.PathLike[str]) -> bool:
     """True for ``.yaml``/``.yml`` spec files."""
     return Path(path).suffix.lower() in (".yaml", ".yml")

@@ -89,6 +89,8 @@ def expand(spec: Spec) -> list[Variant]:
     Raises :class:`SpecError` for a spec whose variables are undefined or whose lets are unfit
     (only possible for a spec built in Python; parsed specs are checked when read).
     """
+    if not isinstance(spec, Spec):
+        raise TypeError(f"expand() takes a Spec (from constraintdsl.load), not {type(spec).__name__}")
     if not spec.lets and not any(op_refs(op) for op in spec.constraints):
         return [Variant("", (), spec)]
     _checked(spec)

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from constraintdsl.errors import UserError, did_you_mean
+from constraintdsl.errors import UserError, clip, did_you_mean
 
 from .sites import arch_sites, hf_module, hidden_size, model_config, num_layers
 
@@ -37,6 +38,8 @@ __all__ = [
     "DTYPES",
     "ModelIdentity",
     "cache_dir",
+    "check_model_name",
+    "describe_model",
     "embedded_model_file",
     "load_hf",
     "load_model",
@@ -141,7 +144,9 @@ def _build_atomically(target: Path, build: Callable[[Path], None]) -> None:
         except OSError:
             pass
     tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache should look like any other folder
+    from constraintdsl.atomic import umask
+
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; the cache should look like any other folder
     try:
         build(tmp)
         try:
@@ -221,25 +226,151 @@ def _hub_offline() -> bool:
     return bool(constants.is_offline_mode())
 
 
-def _check_loadable(name: str) -> None:
-    """Fail early, with a clear message, when a hub id cannot be resolved (offline or unknown)."""
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_PROBE_SECONDS = 3.0
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that cannot be a hub id (``org/name``) is meant as a folder: ``./x``, ``/x``, ``~/x``, ``a/b/c``."""
+    return _HUB_ID.fullmatch(name) is None or ".." in name
+
+
+def _hub_reachable() -> tuple[bool, str]:
+    """Whether a TCP connection to the hub (or the HTTPS proxy in use) opens within a few seconds, and the
+    host tried: a machine without network fails here in milliseconds, instead of in half a minute of retries."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(endpoint.scheme or "https")
+    target = urllib.parse.urlsplit(proxy if proxy and "://" in proxy else f"//{proxy}") if proxy else endpoint
+    host = target.hostname or "huggingface.co"
+    port = target.port or (443 if (target.scheme or "https") == "https" else 80)
+    if urllib.request.proxy_bypass(endpoint.hostname or ""):
+        host, port = endpoint.hostname or host, endpoint.port or 443
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_SECONDS):
+            return True, host
+    except OSError:
+        return False, host
+
+
+def _check_loadable(name: str) -> bool:
+    """Fail fast, with one clear line, when a hub id cannot be resolved (offline, unreachable, unknown).
+
+    Returns whether only the local Hugging Face cache may be used (offline, or the hub cannot be reached).
+    """
     from transformers import AutoConfig
 
+    offline = _hub_offline()
+    reachable, host = (False, "") if offline else _hub_reachable()
+    local_only = offline or not reachable
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name, local_files_only=local_only)
     except (OSError, ValueError) as exc:
-        if _hub_offline():
+        if offline:
             why = "it is not in the local Hugging Face cache (HF_HUB_OFFLINE is set, so the hub was not asked)"
+        elif not reachable:
+            why = f"it is not in the local Hugging Face cache and the hub ({host}) cannot be reached"
         else:
-            why = "the Hugging Face hub could not be reached or has no such model"
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            why = f"the Hugging Face hub has no such model, or it is gated ({clip(detail, 160)})"
         raise UserError(
             "--model",
-            f"cannot load model '{name}': there is no such local folder, and {why} ({detail})",
+            f"cannot load model '{name}': there is no local folder of that name, and {why}",
             f"use '{DEFAULT_MODEL}' (the embedded model), a local model folder, or a hub id that is "
             "cached or reachable",
-        ) from exc
+        ) from None
     arch_sites(config)
+    return local_only
+
+
+def _local_folder(name: str) -> Path | None:
+    """The model folder ``name`` names, None when it names no existing path and could be a hub id; a path
+    that is not a model folder is a :class:`UserError`."""
+    path = Path(name).expanduser()
+    try:
+        exists = path.exists()
+    except OSError:
+        exists = False
+    if not exists:
+        if _looks_like_path(name):
+            raise UserError(
+                "--model",
+                f"no such folder: {name}",
+                f"give a model folder (with config.json), a Hugging Face id (org/name), or '{DEFAULT_MODEL}'",
+            )
+        return None
+    if not path.is_dir():
+        raise UserError("--model", f"'{name}' is a file, not a model folder", "give the folder that holds config.json")
+    if not (path / "config.json").is_file():
+        raise UserError("--model", f"'{name}' is a folder but has no config.json", "give a Hugging Face model folder")
+    return path.resolve()
+
+
+def check_model_name(name_or_path: str) -> None:
+    """Refuse at once a model name that names a path which is not a model folder (no model work)."""
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"a model name is a str, not {type(name_or_path).__name__}")
+    if name_or_path != DEFAULT_MODEL:
+        _local_folder(name_or_path)
+
+
+def describe_model(name_or_path: str = DEFAULT_MODEL) -> tuple[Any, ModelIdentity, Any]:
+    """A model's config, identity and tokenizer (None when it cannot be had) without loading its weights.
+
+    ``smollm2`` reads the converted cache folder (or the GGUF file's header when not converted yet); a
+    local folder its ``config.json``; a hub id its cached or downloaded config.  Used to check a spec
+    against a model (``cdsl check --model``) before, or instead of, loading it.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"a model name is a str, not {type(name_or_path).__name__}")
+    tokenizer: Any = None
+    if name_or_path == DEFAULT_MODEL:
+        gguf = embedded_model_file()
+        folder = _embedded_cache_path(gguf)
+        if (folder / _MARKER).is_file():
+            revision = str(json.loads((folder / _MARKER).read_text())["revision"])
+            config = AutoConfig.from_pretrained(folder)
+            tokenizer = _quiet_tokenizer(lambda: AutoTokenizer.from_pretrained(folder))
+        else:
+            revision = f"gguf-q4_1-{_sha256(gguf)[:12]}"
+            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tokenizer = _quiet_tokenizer(lambda: AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+        model_id = DEFAULT_MODEL
+    else:
+        folder_or_none = _local_folder(name_or_path)
+        if folder_or_none is not None:
+            config = _read_config(folder_or_none)
+            model_id, revision = str(folder_or_none), _local_revision(folder_or_none)
+            source = str(folder_or_none)
+            local_only = True
+        else:
+            local_only = _check_loadable(name_or_path)
+            config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only)
+            model_id, revision, source = name_or_path, _hub_revision(name_or_path), name_or_path
+        tokenizer = _quiet_tokenizer(lambda: AutoTokenizer.from_pretrained(source, local_files_only=local_only))
+    arch_sites(config)
+    identity = ModelIdentity(
+        id=model_id,
+        revision=revision,
+        architecture=str(config.model_type),
+        hidden_size=hidden_size(config),
+        num_layers=num_layers(config),
+    )
+    return config, identity, tokenizer
+
+
+def _quiet_tokenizer(make: Callable[[], Any]) -> Any:
+    try:
+        return make()
+    except Exception:  # a tokenizer is optional for the checks that use it
+        return None
 
 
 def load_hf(
@@ -252,29 +383,31 @@ def load_hf(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"a model name is a str, not {type(name_or_path).__name__}")
     torch_dtype = _torch_dtype(dtype)
+    local_only = False
     if name_or_path == DEFAULT_MODEL:
         folder, revision = _embedded_folder()
         source, model_id = str(folder), DEFAULT_MODEL
-    elif Path(name_or_path).expanduser().is_dir():
-        folder = Path(name_or_path).expanduser().resolve()
-        if not (folder / "config.json").is_file():
-            raise UserError("--model", f"'{name_or_path}' is a folder but has no config.json")
-        arch_sites(_read_config(folder))
-        source, model_id, revision = str(folder), str(folder), _local_revision(folder)
     else:
-        _check_loadable(name_or_path)
-        source, model_id, revision = name_or_path, name_or_path, _hub_revision(name_or_path)
+        local = _local_folder(name_or_path)
+        if local is not None:
+            arch_sites(_read_config(local))
+            source, model_id, revision = str(local), str(local), _local_revision(local)
+        else:
+            local_only = _check_loadable(name_or_path)
+            source, model_id, revision = name_or_path, name_or_path, _hub_revision(name_or_path)
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
     except OSError as exc:  # e.g. a config that is cached while the weights are not
         raise UserError(
             "--model",
             f"cannot load model '{name_or_path}': {str(exc).strip().splitlines()[0] if str(exc) else exc!r}",
             "check that the model's weights and tokenizer files are present or reachable",
-        ) from exc
+        ) from None
     model.eval()  # type: ignore[no-untyped-call]
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -506,7 +506,11 @@ def up(state: Path, with_smollm2: bool = True) -> dict[str, Any]:
 
 
 def run_tests(pytest_args: list[str], with_smollm2: bool) -> int:
-    """Up, ``pytest tests/remote`` against it, down — down also when anything fails."""
+    """Up, ``pytest tests/remote`` against it, down — down also when anything fails.
+
+    A skipped test fails the run (``--ndif-no-skips``): against a server that is up, every remote test must
+    run, so a wrong model variable cannot turn the suite into skips that pass.  No test run (pytest's exit
+    5) fails too."""
     state = Path(tempfile.mkdtemp(prefix="cdsl-ndif-"))
     started = time.monotonic()
     code = 1
@@ -523,7 +527,10 @@ def run_tests(pytest_args: list[str], with_smollm2: bool) -> int:
         ]
         tests_started = time.monotonic()
         code = subprocess.run(
-            [sys.executable, "-m", "pytest", "tests/remote", "--ndif-host", info["host"], *victims, *pytest_args],
+            [
+                sys.executable, "-m", "pytest", "tests/remote", "--ndif-host", info["host"], "--ndif-no-skips",
+                *victims, *pytest_args,
+            ],
             env=env, cwd=REPO, check=False,
         ).returncode  # fmt: skip
         log(f"tests took {time.monotonic() - tests_started:.1f} s (exit {code})")

@@ -17,6 +17,12 @@ import torch
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--ndif-host", default=None, help="URL of an NDIF server for tests/remote")
     parser.addoption(
+        "--ndif-no-skips",
+        action="store_true",
+        default=False,
+        help="a skipped remote test fails (make test-ndif: against a running server every test must run)",
+    )
+    parser.addoption(
         "--ndif-victim-host",
         action="append",
         default=[],
@@ -29,6 +35,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         help="PID of that front's server process, the leader of its own process group",
     )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """With ``--ndif-no-skips`` a skip is a failure that gives the skip's reason: a wrong deployed-model
+    variable or a missing server must fail the suite, not turn it into skips that pass."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.config.getoption("--ndif-no-skips") and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under --ndif-no-skips (every remote test must run): {reason}"
 
 
 @dataclass(frozen=True)
