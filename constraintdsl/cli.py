@@ -50,13 +50,18 @@ def _main(
     _state["debug"] = debug
 
 
+StrictOpt = Annotated[bool, typer.Option("--strict", help="treat warnings as errors (exit 1)")]
+
+
 @app.command()
 def check(
     files: Files,
     format: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
+    strict: StrictOpt = False,
 ) -> None:
-    """Check spec files: syntax, references, includes and concept files; report every problem."""
-    raise typer.Exit(commands.check(files, fmt=format.value, out=sys.stdout, err=sys.stderr))
+    """Check spec files: syntax, references, includes and concept files; report every problem, and the
+    warnings that can be known without loading the model (concept files present or cached)."""
+    raise typer.Exit(commands.check(files, fmt=format.value, out=sys.stdout, err=sys.stderr, strict=strict))
 
 
 @app.command()
@@ -111,8 +116,10 @@ def explain(
     dtype: DtypeOpt = Dtype.float32,
     format: Annotated[OutputFormat, typer.Option("--format", help="text or json")] = OutputFormat.text,
     variant: VariantOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
-    """Print the resolved plan (layers, raw bounds per layer, positions, gates) without running the model."""
+    """Print the resolved plan (layers, raw and calibrated values per layer, positions, gates) and its
+    warnings, without running the model."""
     from . import execute
 
     raise typer.Exit(
@@ -124,6 +131,7 @@ def explain(
             out=sys.stdout,
             err=sys.stderr,
             variant=variant,
+            strict=strict,
         )
     )
 
@@ -150,6 +158,7 @@ def run(
         bool, typer.Option("--no-wait", help="submit the remote run, print its job id and exit (see `cdsl job`)")
     ] = False,
     variant: VariantOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Generate with the spec applied, beside the unconstrained baseline, and show which constraints bound."""
     from . import execute
@@ -173,6 +182,7 @@ def run(
             timeout=timeout,
             wait=not no_wait,
             variant=variant,
+            strict=strict,
         )
     )
 
@@ -214,6 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("interrupted\n")
         return 130
     except Exception as e:
+        runtime = sys.modules.get("constraintdsl.runtime")
+        if runtime is not None and isinstance(e, runtime.NonFiniteActivation) and not _state["debug"]:
+            located = UserError(
+                e.where or "SPEC",
+                e.message,
+                "use a smaller amount; `cdsl explain` shows each statement's raw and calibrated values per layer",
+            )
+            sys.stderr.write(located.render() + "\n")
+            return commands.EXIT_INVALID
         if _state["debug"]:
             raise
         sys.stderr.write(f"internal error: {type(e).__name__}: {e}\nhint: rerun with --debug for the traceback\n")

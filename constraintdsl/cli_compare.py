@@ -60,6 +60,7 @@ def compare(
     ] = False,
     remote: Annotated[bool, typer.Option("--remote", help="run on NDIF (host: --host, NDIF_HOST or config)")] = False,
     host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="treat warnings as errors (exit 1)")] = False,
 ) -> None:
     """Run the baseline and every spec/variant on the same inputs, batched, and report effect, tax,
     load, marginal tax and degrees of freedom."""
@@ -85,6 +86,7 @@ def compare(
         from_store=from_store,
         remote=remote,
         host=host,
+        strict=strict,
     )
     raise typer.Exit(compare_command(opts, out=sys.stdout, err=sys.stderr))
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from .atomic import write_atomic
 from .canonical import spec_hash, to_dsl, to_yaml
 from .diff import diff, render_changes
-from .errors import Diagnostic, Span, SpecError, UserError
+from .errors import Diagnostic, Span, SpecError, UserError, render
 from .load import load, parse_file, read_text, spec_sources
 from .parser import is_yaml_path, normalize_text
 from .spec import Spec
@@ -28,9 +30,11 @@ __all__ = [
     "check",
     "concept_hashes",
     "diff_files",
+    "emit_warnings",
     "fmt",
     "hash_file",
     "schema",
+    "warnings_as",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -63,11 +67,34 @@ def _load_checked(path: str, *, resolve_concepts: bool) -> tuple[Spec, dict[str,
     return spec, concept_hashes(spec) if resolve_concepts else {}
 
 
-def check(paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_concepts: bool = True) -> int:
+def warnings_as(diagnostics: Sequence[Diagnostic], strict: bool) -> list[Diagnostic]:
+    """``diagnostics`` as they are reported: warnings, or errors under ``--strict``."""
+    return [replace(d, severity="error") if strict else d for d in diagnostics]
+
+
+def emit_warnings(diagnostics: Sequence[Diagnostic], sources: Mapping[str, str], *, err: TextIO, strict: bool) -> int:
+    """Render warnings on ``err`` with the one renderer (as errors under ``strict``); returns
+    :data:`EXIT_FAILED` when ``strict`` turned any into an error, else :data:`EXIT_OK`."""
+    if not diagnostics:
+        return EXIT_OK
+    err.write(render(warnings_as(diagnostics, strict), sources) + "\n")
+    if strict:
+        err.write(f"{len(diagnostics)} warning(s) treated as errors (--strict)\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def check(
+    paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_concepts: bool = True, strict: bool = False
+) -> int:
     """``cdsl check``: load each spec (includes, concept files) and report every problem.
 
     A spec with lets also reports its variants: their count in text, their names in JSON
-    (``variants``; empty for a spec without lets)."""
+    (``variants``; empty for a spec without lets).  Warnings are reported where they can be known
+    without loading the model (:func:`constraintdsl.lint.spec_warnings`: concept files present or
+    cached); ``strict`` makes them errors (exit 1)."""
+    from .lint import spec_warnings
+
     code = EXIT_OK
     results: list[dict[str, Any]] = []
     for path in paths:
@@ -87,21 +114,30 @@ def check(paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_conce
             continue
         digest = spec_hash(spec, extra)
         variants = [v.name for v in expand(spec)] if spec.lets else []
+        warnings = spec_warnings(spec) if resolve_concepts else []
+        failed = strict and bool(warnings)
+        if failed:
+            code = max(code, EXIT_FAILED)
         results.append(
             {
                 "path": path,
-                "ok": True,
+                "ok": not failed,
                 "hash": digest,
                 "concepts": len(spec.concepts),
                 "constraints": len(spec.constraints),
                 "variants": variants,
-                "diagnostics": [],
+                "diagnostics": [d.to_dict() for d in warnings_as(warnings, strict)],
             }
         )
         if fmt == "text":
+            emit_warnings(warnings, spec_sources(spec), err=err, strict=strict)
+            if failed:
+                continue
             counts = f"{len(spec.concepts)} concepts, {len(spec.constraints)} constraints"
             if variants:
                 counts += f", {len(variants)} variants of {', '.join(let.name for let in spec.lets)}"
+            if warnings:
+                counts += f", {len(warnings)} warning{'s' * (len(warnings) != 1)}"
             out.write(f"ok: {path} ({counts})\n")
     if fmt == "json":
         out.write(json.dumps({"files": results}, indent=2, ensure_ascii=False) + "\n")

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .commands import EXIT_FAILED, EXIT_OK
-from .errors import UserError
+from .commands import EXIT_FAILED, EXIT_OK, emit_warnings
+from .errors import Diagnostic, UserError
 from .load import load
 
 if TYPE_CHECKING:
@@ -63,6 +64,11 @@ class CompareOptions:
     from_store: bool = False
     remote: bool = False
     host: str | None = None
+    strict: bool = False
+
+
+class _StrictStop(Exception):
+    """``--strict`` turned the specs' warnings into errors: stop before any pass."""
 
 
 class _Bar:
@@ -153,7 +159,23 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
         comparison = _from_store(opts, specs, model, inputs)
     else:
         target: bool | str = (opts.host or True) if opts.remote or opts.host else False
-        comparison = compare(model, specs, inputs, marginal=opts.marginal, remote=target, progress=_Bar(err))
+
+        def on_warnings(warnings: Sequence[Diagnostic], sources: Mapping[str, str]) -> None:
+            if emit_warnings(warnings, sources, err=err, strict=opts.strict) != EXIT_OK:
+                raise _StrictStop
+
+        try:
+            comparison = compare(
+                model,
+                specs,
+                inputs,
+                marginal=opts.marginal,
+                remote=target,
+                progress=_Bar(err),
+                on_warnings=on_warnings,
+            )
+        except _StrictStop:
+            return EXIT_FAILED
         if opts.record:
             comparison = _record(opts, comparison)
     _emit(opts, comparison, out, err)

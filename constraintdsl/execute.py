@@ -64,8 +64,14 @@ def _load_model(spec: Spec, name: str | None, dtype: str, err: TextIO) -> Any:
 
 
 def _compile(
-    path: str, model_name: str | None, dtype: str, err: TextIO, progress: bool = True, variant: str | None = None
+    path: str,
+    model_name: str | None,
+    dtype: str,
+    err: TextIO,
+    progress: bool = True,
+    variant: str | None = None,
 ) -> tuple[Plan, Any, str]:
+    """Load the spec, pick the variant, load the model and resolve."""
     from .canonical import spec_hash
     from .compiler import resolve
 
@@ -79,6 +85,14 @@ def _compile(
     return resolve(spec, model, progress=progress), model, digest
 
 
+def _warn(plan: Plan, err: TextIO, strict: bool) -> int:
+    """The plan's warnings on ``err``; EXIT_FAILED when ``strict`` made them errors."""
+    from .commands import emit_warnings
+    from .load import spec_sources
+
+    return emit_warnings(plan.warnings, spec_sources(plan.spec), err=err, strict=strict)
+
+
 def explain_spec(
     path: str,
     *,
@@ -88,13 +102,18 @@ def explain_spec(
     out: TextIO,
     err: TextIO,
     variant: str | None = None,
+    strict: bool = False,
 ) -> int:
-    """``cdsl explain``: the resolved plan for a model, without running it (one ``variant`` of a sweep)."""
+    """``cdsl explain``: the resolved plan for a model, without running it (one ``variant`` of a sweep);
+    its warnings go to ``err`` (``strict``: they are errors, exit 1)."""
     from .explain import plan_summary
 
     plan, _, digest = _compile(path, model_name, dtype, err, variant=variant)
+    if _warn(plan, err, strict) != EXIT_OK:
+        return EXIT_FAILED
     if fmt == "json":
-        out.write(json.dumps({"hash": digest, **plan_summary(plan)}, indent=2, default=_finite) + "\n")
+        summary = {"hash": digest, **plan_summary(plan), "diagnostics": [d.to_dict() for d in plan.warnings]}
+        out.write(json.dumps(summary, indent=2, default=_finite) + "\n")
     else:
         out.write(plan.explain() + "\n")
     return EXIT_OK
@@ -204,6 +223,7 @@ def run_spec(
     timeout: float | None = None,
     wait: bool = True,
     variant: str | None = None,
+    strict: bool = False,
 ) -> int:
     """``cdsl run``: baseline and constrained generations side by side, plus telemetry (for one
     ``variant`` of a spec with ``let`` lines).
@@ -214,6 +234,8 @@ def run_spec(
     from . import runner
 
     plan, model, digest = _compile(path, model_name, dtype, err, variant=variant)
+    if _warn(plan, err, strict) != EXIT_OK:
+        return EXIT_FAILED
     payloads = [None, plan.payload] if baseline else [plan.payload]
     target: bool | str = (host or True) if remote or host else False
     progress = _progress(err) if target else None
@@ -279,6 +301,7 @@ def _report(
             ],
             "effect": [e.to_dict() for e in effects],
             "telemetry": [r.to_dict() for r in rows],
+            "diagnostics": [d.to_dict() for d in plan.warnings],
         }
         out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         return

@@ -40,6 +40,7 @@ __all__ = [
     "load_hf",
     "load_model",
     "model_identity",
+    "peek_identity",
 ]
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,43 @@ def load_hf(
         tokenizer.pad_token = tokenizer.eos_token
     _IDENTITIES[model] = (model_id, revision)
     return model, tokenizer
+
+
+def peek_identity(name_or_path: str = DEFAULT_MODEL) -> tuple[ModelIdentity, Any] | None:
+    """A model's identity and config without loading its weights, where both are known offline: the
+    embedded model once converted, a local model folder, or a hub id whose config is in the local Hugging
+    Face cache.  None otherwise (nothing is converted, downloaded or asked of the hub)."""
+    try:
+        if name_or_path == DEFAULT_MODEL:
+            folder = _embedded_cache_path(embedded_model_file())
+            if not (folder / _MARKER).is_file():
+                return None
+            model_id, revision = DEFAULT_MODEL, str(json.loads((folder / _MARKER).read_text())["revision"])
+        elif Path(name_or_path).expanduser().is_dir():
+            folder = Path(name_or_path).expanduser().resolve()
+            model_id, revision = str(folder), _local_revision(folder)
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name_or_path, "config.json")
+            if not isinstance(cached, str):
+                return None
+            folder = Path(cached).parent
+            model_id, revision = name_or_path, folder.name
+        if not (folder / "config.json").is_file():
+            return None
+        config = _read_config(folder)
+        arch_sites(config)
+    except (UserError, OSError, ValueError, KeyError):
+        return None
+    identity = ModelIdentity(
+        id=model_id,
+        revision=revision,
+        architecture=str(config.model_type),
+        hidden_size=hidden_size(config),
+        num_layers=num_layers(config),
+    )
+    return identity, config
 
 
 def _read_config(folder: Path) -> Any:
