@@ -100,7 +100,7 @@ def resolved_row(art: ConceptArtifact, layer: int, lo: float, hi: float) -> Reso
 
 
 def _g(x: float) -> str:
-    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2e}"
+    return f"{x:.3g}"
 
 
 def _layers(rows: Sequence[Resolved]) -> str:

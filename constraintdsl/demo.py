@@ -27,7 +27,7 @@ COMPARE = [
     "cdsl",
     "compare",
     "specs/examples/sentiment-sweep.cdsl",
-    "specs/examples/refusal-ablation.cdsl",
+    "specs/examples/refusal-cap.cdsl",
     "--ab",
     "specs/data/ab/sentiment.yaml",
     "--limit",

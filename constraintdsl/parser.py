@@ -491,10 +491,10 @@ def number_problem(number: float, text: str) -> tuple[str, str] | None:
     """Why a number written in a spec can never be used, whatever the model: not finite, or beyond float32's
     range, in which every projection is computed (``text`` is the number as written)."""
     if not math.isfinite(number):
-        return f"{clip(text, 30)} is not a finite number", "use a finite number"
+        return f"number {clip(text, 30)} is not finite", "use a finite number"
     if abs(number) > FLOAT32_MAX:
         return (
-            f"{clip(text, 30)} is beyond float32's range (±3.4e38), in which every projection is computed",
+            f"number {clip(text, 30)} is beyond float32's range (±3.4e38), in which every projection is computed",
             "a bare number is in pole distances (calibrated units); effects beyond 1,000 pole distances are refused",
         )
     return None

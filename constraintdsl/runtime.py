@@ -345,23 +345,24 @@ def _non_finite(
 ) -> NonFiniteActivation:
     """The error for a site whose check failed: which statement, and whether its input was already bad."""
     at = f"layer {site.get('layer', '?')} ({site.get('path', '?')})"
+    name = str(dtype).replace("torch.", "")
     for ops, sel, before, after in checks:
         bad_in = (sel & ~(before.abs() <= limit)).any(dim=0)  # [columns]
         bad_out = (sel & ~(after.abs() <= limit)).any(dim=0)
         if bool(bad_in.any()):
             return NonFiniteActivation(
-                f"activations reaching {at} were already inf/NaN or beyond {dtype}'s range before its edits",
+                f"activations reaching {at} were already inf/NaN or beyond {name}'s range before its edits",
                 "",
                 True,
             )
         if bool(bad_out.any()):
             op = next((o for o in ops if bool(bad_out[int(o.get("dir", 0))])), ops[0])
             return NonFiniteActivation(
-                f"the edit of `{_label(op)}` at {at} pushed activations to inf/NaN or beyond {dtype}'s range",
+                f"the edit of `{_label(op)}` at {at} pushed activations to inf/NaN or beyond {name}'s range",
                 str(op.get("where", "")),
                 False,
             )
-    return NonFiniteActivation(f"activations at {at} left {dtype}'s range", "", True)
+    return NonFiniteActivation(f"activations at {at} left {name}'s range", "", True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +510,11 @@ def _blame(exc: NonFiniteActivation, state: dict[str, Any]) -> NonFiniteActivati
         return exc
     last = state.get("last_edit")
     if last is None:
-        return NonFiniteActivation(f"{exc.message}, and before any edit of this run: the model itself overflowed", "")
+        return NonFiniteActivation(
+            f"{exc.message}, and no edit of this run came before them (the model, or another intervention, made them)",
+            "",
+            True,
+        )
     where, label, layer = last
     return NonFiniteActivation(f"{exc.message}, after the edit of `{label}` at layer {layer}", where, True)
 
