@@ -201,7 +201,8 @@ def _ablate_between(op: Op, rows: Sequence[Resolved]) -> Diagnostic | None:
         return None
     values = [c for _, c in inside]
     where = _layers([r for r, _ in inside])
-    span = f"{min(values):.2f}" if len(values) == 1 else f"{min(values):.2f} to {max(values):.2f}"
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    span = low if low == high else f"{low} to {high}"
     message = (
         f"`ablate {op.concept}` pins the raw projection to 0, which lies between {op.concept}'s poles at {where} "
         f"({span} calibrated; 0 is the negative pole, 1 the positive): text below it is moved towards "
