@@ -125,10 +125,20 @@ def _finite(x: Any) -> Any:
 
 def telemetry_table(rows: list[TelemetryRow]) -> str:
     """A plain-text table of telemetry rows (one per statement × layer × site)."""
-    head = ["statement", "layer", "site", "tokens", "bound", "mean corr", "max corr", "‖Δh‖/‖h‖", "before → after"]
+    head = [
+        "statement",
+        "layer",
+        "site",
+        "tokens",
+        "bound",
+        "units",
+        "mean corr",
+        "max corr",
+        "‖Δh‖/‖h‖",
+        "before → after",
+    ]
     body = []
     for r in rows:
-        unit = "" if r.units == "calibrated" else " raw"
         body.append(
             [
                 r.statement,
@@ -136,13 +146,19 @@ def telemetry_table(rows: list[TelemetryRow]) -> str:
                 r.site,
                 str(r.selected),
                 f"{100 * r.binding_fraction:.0f}%",
-                "-" if r.mean_correction is None else f"{r.mean_correction:.3f}{unit}",
-                "-" if r.max_correction is None else f"{r.max_correction:.3f}{unit}",
+                UNIT_LABELS.get(r.units, r.units),
+                "-" if r.mean_correction is None else f"{r.mean_correction:.3f}",
+                "-" if r.max_correction is None else f"{r.max_correction:.3f}",
                 "-" if r.mean_relative is None else f"{r.mean_relative:.4f}",
-                "-" if r.before is None or r.after is None else f"{r.before:+.2f} → {r.after:+.2f}{unit}",
+                "-" if r.before is None or r.after is None else f"{r.before:+.2f} → {r.after:+.2f}",
             ]
         )
     return text_table(head, body)
+
+
+# The units column of telemetry tables: corrections and projections of each row are in its concept's
+# calibrated units (0 the negative pole, 1 the positive) or, for an uncalibrated concept, raw.
+UNIT_LABELS = {"calibrated": "cal", "raw": "raw"}
 
 
 def text_table(head: list[str], body: list[list[str]]) -> str:
@@ -314,7 +330,7 @@ def _report(
     if effects:
         out.write("\neffect on generated text (mean readout at the concept's best layer, calibrated units):\n")
         out.write(effect_table(effects) + "\n")
-    out.write("\nwhich constraints bound (corrections in calibrated units of each concept):\n")
+    out.write("\nwhich constraints bound (corrections and projections in each row's units: cal = calibrated, raw):\n")
     out.write(telemetry_table(rows) + "\n")
 
 

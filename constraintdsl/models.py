@@ -172,6 +172,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     del quantized
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _top_level_rope_theta(out)
     sha = _sha256(gguf)
     marker = {
         "id": DEFAULT_MODEL,
@@ -184,12 +185,31 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     log.info("converted in %.1f s", time.perf_counter() - started)
 
 
+def _top_level_rope_theta(folder: Path) -> None:
+    """Give ``config.json`` a top-level ``rope_theta`` equal to ``rope_parameters.rope_theta`` when it lacks one.
+
+    transformers 5 writes the RoPE base only inside ``rope_parameters``; transformers 4 (and tools pinned to
+    it) read the top-level key and silently fall back to 10,000 without it (SmolLM2's is 100,000: logits off
+    by up to 3.4).  transformers 5 reads both alike.  Caches converted before this was done are fixed on
+    their next load (atomically; the weights, and so the revision, are unchanged)."""
+    from .atomic import write_atomic
+
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    theta = (data.get("rope_parameters") or {}).get("rope_theta")
+    if theta is None or data.get("rope_theta") == theta:
+        return
+    data["rope_theta"] = theta
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def _embedded_folder() -> tuple[Path, str]:
     """The cached safetensors copy of the embedded model (converting it first if needed) and its revision."""
     gguf = embedded_model_file()
     target = _embedded_cache_path(gguf)
     if not (target / _MARKER).is_file():
         _build_atomically(target, lambda out: _convert_gguf(gguf, out))
+    _top_level_rope_theta(target)
     marker = json.loads((target / _MARKER).read_text())
     return target, str(marker["revision"])
 
