@@ -11,6 +11,9 @@ Semantics at one site (DESIGN §3), for every selected token of a ``[B, T, H]`` 
 2. then every bound ``lo_i ≤ ⟨u_i, h⟩ ≤ hi_i`` (clamp, pin, ablate) jointly: ``h`` moves to
    the closest point (least L2 change) that satisfies all bounds that apply to that token.
 
+No selection ever includes a sequence's first real token (the attention sink; :func:`token_mask`).
+An edit whose projections leave the dtype's range stops the run with :class:`NonFiniteActivation`.
+
 The joint step is an exact small quadratic program.  Writing ``y = U Δ`` for the change of the
 projections, the least-norm ``Δ`` with that ``y`` is ``Uᵀ G⁻¹ y`` (``G = U Uᵀ``), so the problem
 is ``min yᵀ G⁻¹ y`` over the box ``lo − p ≤ y ≤ hi − p``.  Its solution has some bounds active
