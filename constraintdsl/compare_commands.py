@@ -5,6 +5,7 @@ Each function returns an exit code; progress goes to ``err``, results to ``out``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -155,13 +156,18 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
         f"inputs: {info['prompts']} prompts, corpus {info['corpus_tokens_used']} of {info['corpus_tokens_total']} "
         f"tokens (--corpus-tokens), A/B items {info['ab_items']}\n"
     )
+    emitted: list[Diagnostic] = []
+    sources: dict[str, str] = {}
     if opts.from_store:
         comparison = _from_store(opts, specs, model, inputs)
     else:
         target: bool | str = (opts.host or True) if opts.remote or opts.host else False
 
-        def on_warnings(warnings: Sequence[Diagnostic], sources: Mapping[str, str]) -> None:
-            if emit_warnings(warnings, sources, err=err, strict=opts.strict) != EXIT_OK:
+        def on_warnings(warnings: Sequence[Diagnostic], texts: Mapping[str, str]) -> None:
+            # the specs' warnings, once compiled: before any pass, so --strict stops there
+            emitted.extend(warnings)
+            sources.update(texts)
+            if emit_warnings(warnings, texts, err=err, strict=opts.strict) != EXIT_OK:
                 raise _StrictStop
 
         try:
@@ -178,8 +184,24 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
             return EXIT_FAILED
         if opts.record:
             comparison = _record(opts, comparison)
+    # warnings found while measuring (about an input file, say) come with the result
+    later = [w for w in comparison.warnings if w not in emitted]
+    if emit_warnings(later, _texts(later, sources), err=err, strict=opts.strict) != EXIT_OK:
+        return EXIT_FAILED
     _emit(opts, comparison, out, err)
     return EXIT_OK
+
+
+def _texts(warnings: Sequence[Diagnostic], known: Mapping[str, str]) -> dict[str, str]:
+    """Source texts to render ``warnings`` with: those known, and the files they point into when readable."""
+    from .load import read_text
+
+    texts = dict(known)
+    for w in warnings:
+        if w.span.path not in texts:
+            with contextlib.suppress(UserError, OSError):
+                texts[w.span.path] = read_text(w.span.path)
+    return texts
 
 
 def _check_effect(opts: CompareOptions, specs: list[Spec]) -> None:
