@@ -162,7 +162,10 @@ def explain(plan: Plan) -> str:
         "(0 the negative pole, 1 the positive), or a steer in pole distances"
     )
     if s["gates"]:
-        out.append("gates (per sequence: mean raw projection over the prompt, first token left out):")
+        out.append(
+            "gates (per sequence: mean raw projection over the prompt, first token left out; "
+            "a one-token prompt passes none):"
+        )
         out += [
             f"  g{g['gate']}: reads layer {g['layer']}, passes if {g['cmp']} {_raw(g['threshold_raw'])} raw"
             for g in s["gates"]

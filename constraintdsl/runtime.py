@@ -161,13 +161,14 @@ def token_mask(
 
 
 def gate_values(h: torch.Tensor, u: torch.Tensor, positions: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
-    """Mean raw projection on ``u`` over each row's prompt tokens, leaving out the first token
-    (the attention sink) when the prompt has more than one; [B] float32."""
+    """Mean raw projection on ``u`` over each row's prompt tokens but the first (the attention sink, which
+    no selection includes); [B] float32, NaN for a row whose prompt has no other token (every comparison
+    with NaN is false, so such a row passes no gate)."""
     proj = h.to(torch.float32) @ u.to(torch.float32)  # [B, T]
-    start = torch.where(prompt_len > 1, 1, 0)[:, None]
-    take = (positions >= start) & (positions < prompt_len[:, None])
-    n = take.sum(dim=1).clamp(min=1)
-    return torch.where(take, proj, torch.zeros_like(proj)).sum(dim=1) / n
+    take = (positions > SINK) & (positions < prompt_len[:, None])
+    n = take.sum(dim=1)
+    mean = torch.where(take, proj, torch.zeros_like(proj)).sum(dim=1) / n.clamp(min=1)
+    return torch.where(n > 0, mean, torch.full_like(mean, math.nan))
 
 
 def _record(

@@ -118,3 +118,17 @@ def test_telemetry_never_counts_the_first_token(model: Any) -> None:
         assert result.telemetry is not None
         selected = result.telemetry[0, runtime.TELEMETRY_FIELDS.index("selected")]
         assert selected == per_row.sum(), tokens
+
+
+def test_a_gate_reads_the_prompt_without_its_first_token_and_a_one_token_prompt_passes_no_gate(model: Any) -> None:
+    h = torch.tensor([[[1000.0], [1.0], [3.0]], [[0.0], [0.0], [1000.0]]])
+    positions = torch.tensor([[0, 1, 2], [-1, -1, 0]])  # the second row is one left-padded token
+    values = runtime.gate_values(h, torch.ones(1), positions, torch.tensor([3, 1]))
+    assert values[0] == 2.0 and values[1].isnan()
+    plan = _plan(model, "steer a by 2 at layer 1 when a > -1e9 raw at layer 0")  # passes for any real prompt mean
+    enc = encode(PROMPTS)
+    base, run = _generate_outputs(model, None, enc), _generate_outputs(model, plan.payload, enc)
+    last = len(PROMPTS) - 1  # "I": its only prompt token is its sink
+    for step_m, step_t in zip(run, base, strict=True):
+        assert torch.equal(step_m[1][last], step_t[1][last])  # never edited, at any step
+    assert not torch.equal(run[0][1][0], base[0][1][0])  # the other rows are
