@@ -90,8 +90,9 @@ def spec_warnings(spec: Spec) -> list[Diagnostic]:
     from .models import DEFAULT_MODEL, peek_identity
     from .variants import expand
 
-    if not spec.constraints:
-        return []
+    base = Path(spec.path).parent
+    if not spec.constraints or not any(Path(os.path.normpath(base / c.path)).is_file() for c in spec.concepts):
+        return []  # nothing to read calibration from: no need to look at the model
     peeked = peek_identity(spec.model or DEFAULT_MODEL)
     if peeked is None:
         return []
