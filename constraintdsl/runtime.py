@@ -106,16 +106,18 @@ def prepare_group(directions: torch.Tensor, has_lo: list[bool], has_hi: list[boo
 
 
 def solve_bounds(
-    h: torch.Tensor, group: dict[str, Any], lo: torch.Tensor, hi: torch.Tensor
+    h: torch.Tensor, group: dict[str, Any], lo: torch.Tensor, hi: torch.Tensor, p: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Least-L2 change of ``h`` [N, H] (float32) with ``lo ≤ ⟨u_i, h⟩ ≤ hi`` for the group.
 
-    ``lo``/``hi`` are [N, k] per token (±inf where a side is unbounded at that token).  Returns
-    ``delta`` [N, H], the change of each projection ``y`` [N, k], and ``active`` [N, k] (the
-    bounds held by the solution; all False where ``h`` already satisfies every bound).
+    ``lo``/``hi`` are [N, k] per token (±inf where a side is unbounded at that token); ``p`` [N, k]
+    the projections ``h @ u.T`` when the caller has them already.  Returns ``delta`` [N, H], the
+    change of each projection ``y`` [N, k], and ``active`` [N, k] (the bounds held by the solution;
+    all False where ``h`` already satisfies every bound).
     """
     u = group["u"]
-    p = h @ u.T  # [N, k]
+    if p is None:
+        p = h @ u.T  # [N, k]
     a, b = lo - p, hi - p
     act_lo, act_hi = group["act_lo"], group["act_hi"]  # [C, k]
     z = torch.where(act_lo[None], torch.nan_to_num(a, neginf=0.0)[:, None, :], 0.0)
@@ -287,15 +289,15 @@ def apply_site(
         delta_total = torch.zeros_like(x)
         active_all = torch.zeros(x.shape[0], K, dtype=torch.bool, device=x.device)
         change_all = torch.zeros(x.shape[0], K, device=x.device)
+        before = x @ dirs.T  # [N, K]: every bounded projection, computed once
         for idx_list, group in site["groups"]:
             idx = torch.tensor(idx_list, dtype=torch.long, device=x.device)
-            delta, y, active = solve_bounds(x, group, lo[:, idx], hi[:, idx])
+            delta, y, active = solve_bounds(x, group, lo[:, idx], hi[:, idx], before[:, idx])
             delta_total = delta_total + delta
             active_all[:, idx] = active
             change_all[:, idx] = y
         moved = active_all.any(dim=1)
         new = x + delta_total
-        before = x @ dirs.T  # [N, K]
         any_sel = torch.stack(applies).any(dim=0)[:, None]
         checks.append((members, any_sel, before, before + change_all))
         fine.append((torch.where(any_sel, before + change_all, torch.zeros_like(before)).abs() <= limit).all())
