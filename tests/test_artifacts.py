@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from constraintdsl.concepts import build as artifacts
 from constraintdsl.concepts.artifact import (
     PERCENTILE_LEVELS,
     REQUIRED_METADATA,
@@ -23,7 +24,6 @@ from constraintdsl.concepts.artifact import (
     save_artifact,
 )
 from constraintdsl.concepts.build import build_concept, cache_path
-from constraintdsl.concepts.extract import build as artifacts
 from constraintdsl.errors import Span, SpecError, UserError
 from constraintdsl.models.loading import ModelIdentity
 from tests.tiny import tiny_nnsight

@@ -26,7 +26,7 @@ from constraintdsl.lang.nodes import (
     Unit,
     Value,
 )
-from constraintdsl.lang.parser import canonical_layers
+from constraintdsl.lang.parser import FLOAT32_MAX, canonical_layers
 from constraintdsl.lang.spec import Spec
 from constraintdsl.lang.yaml_twin import parse_yaml
 
@@ -38,7 +38,8 @@ text = st.text(
     min_size=1,
     max_size=20,
 ).filter(lambda s: s.strip() != "")
-finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+# every number a spec may hold: finite and within float32's range (the parser refuses the rest)
+finite = st.floats(min_value=-FLOAT32_MAX, max_value=FLOAT32_MAX, allow_nan=False, allow_infinity=False, width=64)
 numbers = st.one_of(finite, st.integers(-1000, 1000).map(float), st.sampled_from([0.3, -0.5, 1.5, 2.0, 1e-3]))
 percentiles = st.one_of(st.integers(0, 100).map(float), st.integers(0, 1000).map(lambda i: i / 10))
 

@@ -122,10 +122,11 @@ def test_every_selected_token_satisfies_every_bound_after_the_runtime(seed: int,
     h = (torch.tensor(rng.standard_normal((2, 6, H)) * 3, dtype=torch.float32)).to(dtype)
     out = apply_site(h, site_for(u, lo, hi), *positions_of(2, 6), {})
     assert out.dtype == dtype and torch.isfinite(out).all()
-    proj = out.float().reshape(-1, H) @ u.T
+    picked = out[:, 1:]  # every token but each sequence's first (the attention sink, never selected)
+    proj = picked.float().reshape(-1, H) @ u.T
     # float32: within 1e-4 relative; half precisions: within their rounding of h itself
     eps = 1e-4 if dtype == torch.float32 else 4 * torch.finfo(dtype).eps
-    tol = eps * (1 + out.float().reshape(-1, H).norm(dim=1, keepdim=True))
+    tol = eps * (1 + picked.float().reshape(-1, H).norm(dim=1, keepdim=True))
     assert (proj >= lo - tol).all() and (proj <= hi + tol).all()
 
 
@@ -181,11 +182,14 @@ def test_token_selections_count_on_real_tokens_from_the_right() -> None:
         [False, False, True, True],
         [False, False, True, True],
     ]
+    # `first N` counts from the token after the first real one (the attention sink, never selected)
     assert token_mask(FIRST, 1, positions, prompt_len, total).tolist() == [
+        [False, False, True, False],
         [False, True, False, False],
-        [True, False, False, False],
     ]
-    assert token_mask(PROMPT, 0, positions, prompt_len, total)[0].tolist() == [False, True, True, True]
+    assert token_mask(PROMPT, 0, positions, prompt_len, total)[0].tolist() == [False, False, True, True]
+    for kind, count in ((ALL, 0), (PROMPT, 0), (GENERATED, 0), (LAST, 4), (FIRST, 4)):
+        assert not token_mask(kind, count, positions, torch.tensor([0, 0]), total)[positions == 0].any(), kind
 
 
 def test_steer_adds_the_amount_along_the_direction_before_the_bounds() -> None:
@@ -196,8 +200,9 @@ def test_steer_adds_the_amount_along_the_direction_before_the_bounds() -> None:
     site["actions"] = [{"kind": STEER, "u": u[0], "amount": 2.0, "tokens": ALL, "count": 0, "gate": -1, "entry": 9}]
     tele = torch.zeros(10, 8)
     out = apply_site(h, site, *positions_of(1, 3), {}, tele)
-    assert torch.allclose(out[0, :, 0], torch.full((3,), 1.5))  # steered to 2, clamped back to 1.5
-    assert tele[9, 0] == 3 and tele[0, 1] == 3  # steer saw 3 tokens; the ceiling bound all 3
+    assert torch.allclose(out[0, 1:, 0], torch.full((2,), 1.5))  # steered to 2, clamped back to 1.5
+    assert torch.equal(out[0, 0], h[0, 0])  # the first token (the attention sink) is never selected
+    assert tele[9, 0] == 2 and tele[0, 1] == 2  # steer saw 2 tokens; the ceiling bound both
 
 
 def test_no_finite_input_becomes_nan_or_inf_even_with_huge_norms() -> None:

@@ -175,6 +175,15 @@ def _run(argv: list[str] | None) -> int:
             sys.stderr.write(os_error(e, where, "use").render() + "\n")
         return EXIT_INVALID
     except Exception as e:
+        interventions = sys.modules.get("constraintdsl.runtime.interventions")
+        if interventions is not None and isinstance(e, interventions.NonFiniteActivation) and not debug["on"]:
+            located = UserError(
+                e.where or "SPEC",
+                e.message,
+                "use a smaller amount; `cdsl explain` shows each statement's raw and calibrated values per layer",
+            )
+            sys.stderr.write(located.render() + "\n")
+            return EXIT_INVALID
         if debug["on"]:
             raise
         sys.stderr.write(f"internal error: {type(e).__name__}: {e}\nhint: rerun with --debug for the traceback\n")

@@ -6,19 +6,21 @@ Each verb's work is a function that returns an exit code (progress to ``err``, r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from constraintdsl.errors import UserError
+from constraintdsl.errors import Diagnostic, UserError
 from constraintdsl.lang.loading import load
 
-from .common import EXIT_FAILED, EXIT_OK, Dtype
+from .common import EXIT_FAILED, EXIT_OK, Dtype, StrictOpt, emit_warnings
 
 if TYPE_CHECKING:
     from constraintdsl.compare.comparison import Comparison, Inputs
@@ -67,6 +69,11 @@ class CompareOptions:
     from_store: bool = False
     remote: bool = False
     host: str | None = None
+    strict: bool = False
+
+
+class _StrictStop(Exception):
+    """``--strict`` turned the specs' warnings into errors: stop before any pass."""
 
 
 class _Bar:
@@ -206,15 +213,52 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
         f"inputs: {info['prompts']} prompts, corpus {info['corpus_tokens_used']} of {info['corpus_tokens_total']} "
         f"tokens (--corpus-tokens), A/B items {info['ab_items']}\n"
     )
+    emitted: list[Diagnostic] = []
+    sources: dict[str, str] = {}
     if opts.from_store:
         comparison = _from_store(opts, specs, model, inputs)
     else:
         target: bool | str = (opts.host or True) if opts.remote or opts.host else False
-        comparison = compare(model, specs, inputs, marginal=opts.marginal, remote=target, progress=_Bar(err))
+
+        def on_warnings(warnings: Sequence[Diagnostic], texts: Mapping[str, str]) -> None:
+            # the specs' warnings, once compiled: before any pass, so --strict stops there
+            emitted.extend(warnings)
+            sources.update(texts)
+            if emit_warnings(warnings, texts, err=err, strict=opts.strict) != EXIT_OK:
+                raise _StrictStop
+
+        try:
+            comparison = compare(
+                model,
+                specs,
+                inputs,
+                marginal=opts.marginal,
+                remote=target,
+                progress=_Bar(err),
+                on_warnings=on_warnings,
+            )
+        except _StrictStop:
+            return EXIT_FAILED
         if opts.record:
             comparison = _record(opts, comparison)
+    # warnings found while measuring (about an input file, say) come with the result
+    later = [w for w in comparison.warnings if w not in emitted]
+    if emit_warnings(later, _texts(later, sources), err=err, strict=opts.strict) != EXIT_OK:
+        return EXIT_FAILED
     _emit(opts, comparison, out, err)
     return EXIT_OK
+
+
+def _texts(warnings: Sequence[Diagnostic], known: Mapping[str, str]) -> dict[str, str]:
+    """Source texts to render ``warnings`` with: those known, and the files they point into when readable."""
+    from constraintdsl.lang.loading import read_text
+
+    texts = dict(known)
+    for w in warnings:
+        if w.span.path not in texts:
+            with contextlib.suppress(UserError, OSError):
+                texts[w.span.path] = read_text(w.span.path)
+    return texts
 
 
 def _check_effect(opts: CompareOptions, specs: list[Spec]) -> None:
@@ -457,11 +501,10 @@ def _compare_cmd(
     ] = False,
     remote: Annotated[bool, typer.Option("--remote", help="run on NDIF (host: --host, NDIF_HOST or config)")] = False,
     host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Run the baseline and every spec/variant on the same inputs, batched, and report effect, tax,
     load, marginal tax and degrees of freedom."""
-    from constraintdsl.cli.compare import CompareOptions, compare_command
-
     opts = CompareOptions(
         specs=tuple(specs),
         prompts=prompts,
@@ -482,6 +525,7 @@ def _compare_cmd(
         from_store=from_store,
         remote=remote,
         host=host,
+        strict=strict,
     )
     raise typer.Exit(compare_command(opts, out=sys.stdout, err=sys.stderr))
 

@@ -104,9 +104,16 @@ def build(
     site: Annotated[Site, typer.Option("--site", help="resid, attn or mlp")] = Site.resid,
     output: Annotated[
         str | None,
-        typer.Option("-o", "--output", help="write the artifact here (.safetensors)", metavar="FILE"),
+        typer.Option(
+            "-o",
+            "--output",
+            help="also write the artifact here (.safetensors); the cache is filled too",
+            metavar="FILE",
+        ),
     ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="extract even if a cached artifact exists")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="extract even if a cached artifact exists (and refresh the cache)")
+    ] = False,
     dtype: Annotated[Dtype, typer.Option("--dtype", help="model dtype for the forward passes")] = Dtype.float32,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="sequences per forward pass")] = 16,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
@@ -121,7 +128,8 @@ def build(
         float | None, typer.Option("--timeout", min=0.1, help="seconds to wait for each remote request")
     ] = None,
 ) -> None:
-    """Extract and calibrate a concept; print the per-layer table; write the artifact (atomically).
+    """Extract and calibrate a concept; print the per-layer table; write the artifact (atomically) to the
+    cache, where a spec's `from pairs` finds it, and to -o FILE when given.
 
     With --remote every forward pass runs on NDIF (one request per batch) and only per-batch sums and
     per-token projections come back; the artifact equals a local build and shares its cache entry.
@@ -153,7 +161,7 @@ def build(
         site=site.value,
         method=method.value,
         use_cache=not no_cache,
-        write_cache=output is None,
+        write_cache=True,
         batch_size=batch_size,
         progress=progress,
         remote=(host or True) if remote or host else False,
@@ -164,6 +172,8 @@ def build(
     console.print(layer_table(artifact))
     best = recommended_layers(artifact)
     console.print(f"recommended layers: {', '.join(map(str, best))} (highest held-out AUROC, then pole distance / std)")
+    if output is not None:
+        console.print(f"{'reused' if cached else 'wrote'} cache entry {artifact.path}")
     source = "reused from cache" if cached and output is None else "wrote"
     console.print(f"{source} {where}")
     console.print(artifact_hash(where), highlight=False)

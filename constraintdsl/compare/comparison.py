@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from constraintdsl.errors import UserError, public
+from constraintdsl.errors import Diagnostic, UserError, public
 from constraintdsl.lang.loading import read_text
 
 if TYPE_CHECKING:
@@ -204,10 +204,12 @@ class Comparison:
     passes: dict[str, int]
     seconds: dict[str, float]
     run_id: str | None = None
+    warnings: tuple[Diagnostic, ...] = ()  # about the specs (and inputs), severity "warning"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (the ``--json`` output)."""
         return {
+            "diagnostics": [d.to_dict() for d in self.warnings],
             "model": {"id": self.model, "revision": self.revision},
             "inputs_hash": self.inputs_hash,
             "inputs": self.inputs,
@@ -481,11 +483,14 @@ def compare(
     remote: bool | str = False,
     progress: Progress | None = None,
     concepts: Mapping[str, Any] | None = None,
+    on_warnings: Callable[[Sequence[Diagnostic], Mapping[str, str]], None] | None = None,
 ) -> Comparison:
     """Run the baseline and every spec/variant on ``inputs``, batched; see the module docstring.
 
     ``progress(message, done, total)`` is called before each pass (``done`` passes of ``total`` so far;
-    ``total`` is 0 while specs are being compiled)."""
+    ``total`` is 0 while specs are being compiled).  ``on_warnings(warnings, sources)`` is called once the
+    specs are compiled, before any pass, with their warnings (merged over each spec's variants) and the
+    texts to render them with; it may raise to stop the comparison there."""
     from constraintdsl.models.loading import model_identity
     from constraintdsl.run.runner import generate_variants
 
@@ -495,6 +500,9 @@ def compare(
     started = time.perf_counter()
     arms, drops = build_arms(model, specs, marginal=marginal, progress=report, concepts=concepts)
     main = [i for i, a in enumerate(arms) if a.main and a.spec is not None]
+    warnings, sources = spec_warnings(arms, main)
+    if on_warnings is not None and warnings:
+        on_warnings(warnings, sources)
     runs, of = _unique(arms)
     seconds: dict[str, float] = {}
     passes: dict[str, int] = {}
@@ -608,4 +616,22 @@ def compare(
         prompts=inputs.prompts,
         passes=passes,
         seconds=seconds,
+        warnings=tuple(warnings),
     )
+
+
+def spec_warnings(arms: Sequence[Arm], main: Sequence[int]) -> tuple[list[Diagnostic], dict[str, str]]:
+    """The compiled main arms' warnings, merged over each spec's variants, and the source texts they point into."""
+    from constraintdsl.compiler.lint import merge_variant_warnings
+    from constraintdsl.lang.loading import spec_sources
+
+    by_spec: dict[str | None, list[tuple[str, Sequence[Diagnostic]]]] = {}
+    sources: dict[str, str] = {}
+    for a in main:
+        arm = arms[a]
+        if arm.plan is None or arm.spec is None:
+            continue
+        by_spec.setdefault(arm.source, []).append((arm.variant, arm.plan.warnings))
+        sources.update(spec_sources(arm.spec))
+    merged = [d for per_variant in by_spec.values() for d in merge_variant_warnings(per_variant)]
+    return merged, sources

@@ -12,7 +12,7 @@ from typing import IO, TYPE_CHECKING
 from constraintdsl.atomic import write_bytes_atomic
 from constraintdsl.errors import UserError, clip
 from constraintdsl.files import check_output_dir, os_error
-from constraintdsl.tables import text_table
+from constraintdsl.tables import UNIT_LABELS, text_table
 
 if TYPE_CHECKING:
     from .comparison import Comparison
@@ -98,19 +98,20 @@ def load_table(comparison: Comparison) -> str:
 
 
 def _load_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    head = ["spec", "statement", "binding", "mean corr", "marginal ΔNLL", "marginal KL"]
+    head = ["spec", "statement", "binding", "units", "mean corr", "marginal ΔNLL", "marginal KL"]
     body = []
     for r in comparison.rows[1:]:
         marginal = {(m["statement"], m["line"]): m for m in r.marginal}
         for s in r.load:
             m = marginal.get((s["statement"], s["line"]), {})
-            unit = "" if s.get("units") == "calibrated" else " raw"
+            units = str(s.get("units", "calibrated"))
             body.append(
                 [
                     r.label,
                     s["statement"],
                     f"{100 * s['binding_fraction']:.0f}%",
-                    f"{s['mean_correction']:.3f}{unit}",
+                    UNIT_LABELS.get(units, units),
+                    f"{s['mean_correction']:.3f}",
                     _num(m.get("delta_nll")),
                     _num(m.get("kl"), ".4f"),
                 ]

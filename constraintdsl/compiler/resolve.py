@@ -240,16 +240,27 @@ def resolve(
     concepts: Mapping[str, ConceptArtifact] | None = None,
     base_dir: str | Path | None = None,
     progress: bool = True,
+    identity: ModelIdentity | None = None,
 ) -> Plan:
     """Resolve ``spec`` for ``model`` into a :class:`Plan`, or raise :class:`SpecError` with every problem.
 
     Concepts come from the spec's files (``from file``) or are extracted and cached (``from
     pairs``); ``concepts`` supplies artifacts by name instead (useful in tests and notebooks).
     ``base_dir`` is where relative concept paths start (default: the spec file's folder).
+    ``identity`` stands in for the model's own when ``model`` is only its config (no weights: then
+    every concept must be given, and the activation dtype is taken to be float32).
+
+    Amounts are judged per statement (:mod:`constraintdsl.amounts`): those no dtype can carry or beyond
+    1,000 pole distances are errors; the plan's ``warnings`` hold the legal ones that are likely not
+    what the author meant.
     """
+    from .amounts import judge, resolved_row
+
     _refuse_variables(spec)
-    identity = model_identity(model)
+    identity = identity or model_identity(model)
     arch = arch_sites(model)
+    dtype = _activation_dtype(model)
+    warnings: list[Diagnostic] = []
     n = identity.num_layers
     base = Path(base_dir) if base_dir is not None else Path(spec.path).parent
     r = _Resolver(spec, model, identity, base, concepts or {}, progress)
@@ -278,6 +289,8 @@ def resolve(
         if art is None or gate_id is None:
             continue
         tokens = (TOKEN_CODES[op.tokens.kind], op.tokens.count or 0)
+        label = {"label": statement_dsl(op), "where": str(op.span)}
+        rows = []
         for layer in layers:
             u = r.direction(art, op.concept, layer, op.span)
             if u is None:
@@ -302,13 +315,17 @@ def resolve(
                 span=op.span,
             )
             slot = site_slot(layer, op.site)
-            common = {"tokens": tokens[0], "count": tokens[1], "gate": gate_id, "entry": len(entries)}
+            common = {"tokens": tokens[0], "count": tokens[1], "gate": gate_id, "entry": len(entries), **label}
             if isinstance(op, Steer | Scale):
                 kind = interventions.STEER if isinstance(op, Steer) else interventions.SCALE
                 slot["actions"].append({"kind": kind, "u": u, "amount": lo, **common})
             else:
                 slot["members"].append({"u": u, "lo": lo, "hi": hi, "op": op, **common})
             entries.append(entry)
+            rows.append(resolved_row(art, layer, lo, hi))
+        errors, advice = judge(op, rows, float(torch.finfo(dtype).max), str(dtype).removeprefix("torch."))
+        r.diags.extend(errors)
+        warnings.extend(advice)
 
     for (layer, site), reads in gate_reads.items():
         site_slot(layer, site)["gate_reads"].extend(reads)
@@ -322,7 +339,27 @@ def resolve(
         raise SpecError(r.diags, spec_sources(spec))
     payload = {"sites": payload_sites, "n_entries": len(entries), "n_gates": len(gate_ids)}
     names = {name: (art.path or "<given>") for (name, _), art in r.artifacts.items() if art is not None}
-    return Plan(spec=spec, model=identity, payload=payload, entries=tuple(entries), concepts=names, model_ref=model)
+    warnings.sort(key=lambda d: (d.span.path, d.span.line, d.span.col))
+    return Plan(
+        spec=spec,
+        model=identity,
+        payload=payload,
+        entries=tuple(entries),
+        concepts=names,
+        model_ref=model,
+        warnings=tuple(warnings),
+    )
+
+
+def _activation_dtype(model: Any) -> torch.dtype:
+    """The dtype of the model's activations (its first floating parameter's); float32 when it has no
+    weights (a config) or none are floating."""
+    module = getattr(model, "__dict__", {}).get("_module", model)
+    if isinstance(module, torch.nn.Module):
+        for p in module.parameters():
+            if p.dtype.is_floating_point:
+                return p.dtype
+    return torch.float32
 
 
 def _refuse_variables(spec: Spec) -> None:
@@ -478,6 +515,8 @@ def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
             "count": m["count"],
             "gate": m["gate"],
             "entry": m["entry"],
+            "label": m["label"],
+            "where": m["where"],
         }
         for other in owners[col]:
             if _overlap((other["tokens"], 0), (m["tokens"], 0)) and (

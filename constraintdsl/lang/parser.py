@@ -351,8 +351,9 @@ class _Builder:
             value = Value(number, Unit.percentile)
         else:
             number = float(str(toks[0]))
-            if not math.isfinite(number):
-                self.error(span, f"number {toks[0]} is not finite", "use a number within float range")
+            problem = number_problem(number, str(toks[0]))
+            if problem is not None:
+                self.error(span, *problem)
                 return None
             unit = Unit.calibrated
             if len(toks) > 1:
@@ -482,6 +483,22 @@ class _Builder:
 LET_OF_REF = ("a `let` value is a number, not a variable", "write the values out: let floor = 0.1 | 0.3 | 0.5")
 STEER_PERCENTILE = ("a percentile is a position, not a displacement", "steer by calibrated units (2.0), `raw` or `sd`")
 SCALE_UNIT = ("`scale` takes a plain factor, without a unit", "scale sentiment by 0.5")
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # every projection is computed in float32
+
+
+def number_problem(number: float, text: str) -> tuple[str, str] | None:
+    """Why a number written in a spec can never be used, whatever the model: not finite, or beyond float32's
+    range, in which every projection is computed (``text`` is the number as written)."""
+    if not math.isfinite(number):
+        return f"number {clip(text, 30)} is not finite", "use a finite number"
+    if abs(number) > FLOAT32_MAX:
+        return (
+            f"number {clip(text, 30)} is beyond float32's range (±3.4e38), in which every projection is computed",
+            "a bare number is in pole distances (calibrated units); effects beyond 1,000 pole distances are refused",
+        )
+    return None
 
 
 def unit_problem(value: Value, context: str) -> tuple[str, str] | None:

@@ -24,7 +24,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from constraintdsl.errors import Diagnostic, Span, clip, describe_char, did_you_mean
 
 from .nodes import OP_CLASSES, SITES, Concept, LayerRange, Layers, Let, Op, Ref, Statement, Value
-from .parser import MAX_INT, METHOD_ON_FILE, Header, concept_path_problem, parse_fragment, parse_statement
+from .parser import (
+    MAX_INT,
+    METHOD_ON_FILE,
+    Header,
+    concept_path_problem,
+    number_problem,
+    parse_fragment,
+    parse_statement,
+)
 
 __all__ = ["ConceptEntry", "Document", "json_schema", "parse_yaml"]
 
@@ -329,7 +337,15 @@ def _value(reader: _Reader, item: _Item, context: str) -> Value | Ref | None:
         reader.error(item.node, "expected a number, not a boolean", None)
         return None
     if isinstance(item.value, int | float):
-        return Value(float(item.value))
+        try:
+            number = float(item.value)
+        except OverflowError:  # an integer too large for any float
+            number = math.inf if item.value > 0 else -math.inf
+        problem = number_problem(number, str(getattr(item.node, "value", item.value)))
+        if problem is not None:
+            reader.error(item.node, *problem)
+            return None
+        return Value(number)
     return cast(Value | Ref | None, _fragment(reader, item, "value", context))
 
 

@@ -11,6 +11,9 @@ Semantics at one site (DESIGN §3), for every selected token of a ``[B, T, H]`` 
 2. then every bound ``lo_i ≤ ⟨u_i, h⟩ ≤ hi_i`` (clamp, pin, ablate) jointly: ``h`` moves to
    the closest point (least L2 change) that satisfies all bounds that apply to that token.
 
+No selection ever includes a sequence's first real token (the attention sink; :func:`token_mask`).
+An edit whose projections leave the dtype's range stops the run with :class:`NonFiniteActivation`.
+
 The joint step is an exact small quadratic program.  Writing ``y = U Δ`` for the change of the
 projections, the least-norm ``Δ`` with that ``y`` is ``Uᵀ G⁻¹ y`` (``G = U Uᵀ``), so the problem
 is ``min yᵀ G⁻¹ y`` over the box ``lo − p ≤ y ≤ hi − p``.  Its solution has some bounds active
@@ -36,7 +39,9 @@ __all__ = [
     "GENERATED",
     "LAST",
     "PROMPT",
+    "SINK",
     "TELEMETRY_FIELDS",
+    "NonFiniteActivation",
     "apply_site",
     "gate_values",
     "prepare_group",
@@ -46,6 +51,7 @@ __all__ = [
 
 # token selection codes
 ALL, PROMPT, GENERATED, LAST, FIRST = 0, 1, 2, 3, 4
+SINK = 0  # position of every sequence's first real token (the attention sink), which no selection picks
 STEER, SCALE = 0, 1
 # per telemetry entry (statement × layer × site), accumulated over calls
 TELEMETRY_FIELDS = (
@@ -100,16 +106,18 @@ def prepare_group(directions: torch.Tensor, has_lo: list[bool], has_hi: list[boo
 
 
 def solve_bounds(
-    h: torch.Tensor, group: dict[str, Any], lo: torch.Tensor, hi: torch.Tensor
+    h: torch.Tensor, group: dict[str, Any], lo: torch.Tensor, hi: torch.Tensor, p: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Least-L2 change of ``h`` [N, H] (float32) with ``lo ≤ ⟨u_i, h⟩ ≤ hi`` for the group.
 
-    ``lo``/``hi`` are [N, k] per token (±inf where a side is unbounded at that token).  Returns
-    ``delta`` [N, H], the change of each projection ``y`` [N, k], and ``active`` [N, k] (the
-    bounds held by the solution; all False where ``h`` already satisfies every bound).
+    ``lo``/``hi`` are [N, k] per token (±inf where a side is unbounded at that token); ``p`` [N, k]
+    the projections ``h @ u.T`` when the caller has them already.  Returns ``delta`` [N, H], the
+    change of each projection ``y`` [N, k], and ``active`` [N, k] (the bounds held by the solution;
+    all False where ``h`` already satisfies every bound).
     """
     u = group["u"]
-    p = h @ u.T  # [N, k]
+    if p is None:
+        p = h @ u.T  # [N, k]
     a, b = lo - p, hi - p
     act_lo, act_hi = group["act_lo"], group["act_hi"]  # [C, k]
     z = torch.where(act_lo[None], torch.nan_to_num(a, neginf=0.0)[:, None, :], 0.0)
@@ -137,8 +145,12 @@ def token_mask(
 
     ``positions`` [B, T] is each token's index in its real (unpadded) sequence, -1 for padding;
     ``prompt_len`` and ``total_len`` [B] are real lengths of the prompt and of the sequence so far.
+
+    The first real token of every sequence (position 0, the attention sink: a huge norm and an
+    outlier projection on every direction) is never selected, by any selection: ``first N`` is the
+    N tokens after it, and ``last N`` never reaches back to it.
     """
-    real = positions >= 0
+    real = positions > SINK
     if kind == PROMPT:
         return real & (positions < prompt_len[:, None])
     if kind == GENERATED:
@@ -146,18 +158,19 @@ def token_mask(
     if kind == LAST:
         return real & (positions >= (total_len - count)[:, None])
     if kind == FIRST:
-        return real & (positions < count)
+        return real & (positions <= SINK + count)
     return real
 
 
 def gate_values(h: torch.Tensor, u: torch.Tensor, positions: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
-    """Mean raw projection on ``u`` over each row's prompt tokens, leaving out the first token
-    (the attention sink) when the prompt has more than one; [B] float32."""
+    """Mean raw projection on ``u`` over each row's prompt tokens but the first (the attention sink, which
+    no selection includes); [B] float32, NaN for a row whose prompt has no other token (every comparison
+    with NaN is false, so such a row passes no gate)."""
     proj = h.to(torch.float32) @ u.to(torch.float32)  # [B, T]
-    start = torch.where(prompt_len > 1, 1, 0)[:, None]
-    take = (positions >= start) & (positions < prompt_len[:, None])
-    n = take.sum(dim=1).clamp(min=1)
-    return torch.where(take, proj, torch.zeros_like(proj)).sum(dim=1) / n
+    take = (positions > SINK) & (positions < prompt_len[:, None])
+    n = take.sum(dim=1)
+    mean = torch.where(take, proj, torch.zeros_like(proj)).sum(dim=1) / n.clamp(min=1)
+    return torch.where(n > 0, mean, torch.full_like(mean, math.nan))
 
 
 def _record(
@@ -239,12 +252,20 @@ def apply_site(
             m = masks[key] = m.reshape(B * T)
         return m
 
+    # every edit's projections after it, on the tokens it selects, must stay within the dtype's range
+    # (this also catches NaN: a comparison with NaN is false); one check, and one sync, per site
+    limit = torch.finfo(h.dtype).max if h.dtype.is_floating_point else math.inf
+    checks: list[tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    fine: list[torch.Tensor] = []
+
     for act in site["actions"]:
         u = act["u"]
         sel = selected(act)
         p = x @ u
         step = torch.full_like(p, act["amount"]) if act["kind"] == STEER else p * (act["amount"] - 1.0)
         step = torch.where(sel, step, torch.zeros_like(step))
+        checks.append(([act], sel[:, None], p[:, None], (p + step)[:, None]))
+        fine.append((torch.where(sel, p + step, torch.zeros_like(p)).abs() <= limit).all())
         new = x + step[:, None] * u[None, :]
         if tele is not None:
             _record(tele, act["entry"], sel, sel & (step != 0), step, step.abs() / norm, p, new @ u)
@@ -267,15 +288,20 @@ def apply_site(
             hi[:, col] = torch.where(sel, hi[:, col].clamp(max=m["hi"]), hi[:, col])
         delta_total = torch.zeros_like(x)
         active_all = torch.zeros(x.shape[0], K, dtype=torch.bool, device=x.device)
+        change_all = torch.zeros(x.shape[0], K, device=x.device)
+        before = x @ dirs.T  # [N, K]: every bounded projection, computed once
         for idx_list, group in site["groups"]:
             idx = torch.tensor(idx_list, dtype=torch.long, device=x.device)
-            delta, _, active = solve_bounds(x, group, lo[:, idx], hi[:, idx])
+            delta, y, active = solve_bounds(x, group, lo[:, idx], hi[:, idx], before[:, idx])
             delta_total = delta_total + delta
             active_all[:, idx] = active
+            change_all[:, idx] = y
         moved = active_all.any(dim=1)
         new = x + delta_total
+        any_sel = torch.stack(applies).any(dim=0)[:, None]
+        checks.append((members, any_sel, before, before + change_all))
+        fine.append((torch.where(any_sel, before + change_all, torch.zeros_like(before)).abs() <= limit).all())
         if tele is not None:
-            before = x @ dirs.T  # [N, K]
             rel = delta_total.norm(dim=1) / norm
             after = torch.where(moved[:, None], new @ dirs.T, before)
             for m, sel in zip(members, applies, strict=True):
@@ -290,8 +316,59 @@ def apply_site(
         if changed is not None:
             changed = changed | moved
 
+    if fine and not bool(fine[0] if len(fine) == 1 else torch.stack(fine).all()):
+        raise _non_finite(site, checks, limit, h.dtype)
     out = x.reshape(B, T, H).to(h.dtype)
     return out if changed is None else torch.where(changed.reshape(B, T, 1), out, h)
+
+
+class NonFiniteActivation(FloatingPointError):
+    """Activations left the range of the model's dtype (inf or NaN) at a site with statements.
+
+    ``where`` is the blamed statement's ``file:line:col`` ("" when unknown); ``upstream`` is True when
+    the activations were already out of range before this site's edits (an earlier edit, or the model
+    itself, put them there), False when this site's edit did it."""
+
+    def __init__(self, message: str, where: str = "", upstream: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.upstream = upstream
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.message, self.where, self.upstream))
+
+
+def _label(op: dict[str, Any]) -> str:
+    return str(op.get("label") or f"statement #{op.get('entry', '?')}")
+
+
+def _non_finite(
+    site: dict[str, Any],
+    checks: list[tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor, torch.Tensor]],
+    limit: float,
+    dtype: torch.dtype,
+) -> NonFiniteActivation:
+    """The error for a site whose check failed: which statement, and whether its input was already bad."""
+    at = f"layer {site.get('layer', '?')} ({site.get('path', '?')})"
+    name = str(dtype).replace("torch.", "")
+    for ops, sel, before, after in checks:
+        bad_in = (sel & ~(before.abs() <= limit)).any(dim=0)  # [columns]
+        bad_out = (sel & ~(after.abs() <= limit)).any(dim=0)
+        if bool(bad_in.any()):
+            return NonFiniteActivation(
+                f"activations reaching {at} were already inf/NaN or beyond {name}'s range before its edits",
+                "",
+                True,
+            )
+        if bool(bad_out.any()):
+            op = next((o for o in ops if bool(bad_out[int(o.get("dir", 0))])), ops[0])
+            return NonFiniteActivation(
+                f"the edit of `{_label(op)}` at {at} pushed activations to inf/NaN or beyond {name}'s range",
+                str(op.get("where", "")),
+                False,
+            )
+    return NonFiniteActivation(f"activations at {at} left {name}'s range", "", True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +407,7 @@ def new_state(
         "waiting": False,
         "cache": {},
         "given_prompt_len": None,
+        "last_edit": None,
     }
 
 
@@ -432,6 +510,21 @@ def _merge_telemetry(tele: torch.Tensor, part: torch.Tensor) -> None:
     tele[:, _MAX_FIELDS] = torch.maximum(tele[:, _MAX_FIELDS], part[:, _MAX_FIELDS])
 
 
+def _blame(exc: NonFiniteActivation, state: dict[str, Any]) -> NonFiniteActivation:
+    """An out-of-range input names the last edit before it in this run (or the model, when none)."""
+    if not exc.upstream:
+        return exc
+    last = state.get("last_edit")
+    if last is None:
+        return NonFiniteActivation(
+            f"{exc.message}, and no edit of this run came before them (the model, or another intervention, made them)",
+            "",
+            True,
+        )
+    where, label, layer = last
+    return NonFiniteActivation(f"{exc.message}, after the edit of `{label}` at layer {layer}", where, True)
+
+
 def intervene(model: Any, payload: dict[str, Any], state: dict[str, Any]) -> None:
     """Apply ``payload`` to one forward call of ``model`` inside a trace.
 
@@ -489,13 +582,18 @@ def intervene(model: Any, payload: dict[str, Any], state: dict[str, Any]) -> Non
                 if gate not in gates or gates[gate].device != device:
                     gates[gate] = rows.to(device)
             tele = state["tele"]
-            if tele is None or tele.device == device:
-                new = apply_site(h, local, pos, plen, tlen, gates, tele)
-            else:  # a model spread over devices: count here, fold into the run's tensor
-                part = torch.zeros_like(tele, device=device)
-                new = apply_site(h, local, pos, plen, tlen, gates, part)
-                _merge_telemetry(tele, part.to(tele.device))
+            try:
+                if tele is None or tele.device == device:
+                    new = apply_site(h, local, pos, plen, tlen, gates, tele)
+                else:  # a model spread over devices: count here, fold into the run's tensor
+                    part = torch.zeros_like(tele, device=device)
+                    new = apply_site(h, local, pos, plen, tlen, gates, part)
+                    _merge_telemetry(tele, part.to(tele.device))
+            except NonFiniteActivation as exc:
+                raise _blame(exc, state) from None
             envoy.output = _replace_first(output, new)
+            ops = [*local.get("actions", ()), *local.get("bounds", ())]
+            state["last_edit"] = (str(ops[-1].get("where", "")), _label(ops[-1]), site.get("layer", "?"))
     state["calls"] += 1
 
 
