@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -12,6 +13,12 @@ from .cli_concept import Dtype
 __all__ = ["compare", "runs_app"]
 
 runs_app = typer.Typer(help="Recorded comparison runs (the local run store).", no_args_is_help=True)
+
+
+class ABScore(str, Enum):
+    mean = "mean"
+    sum = "sum"
+
 
 StoreOpt = Annotated[
     str | None,
@@ -33,6 +40,13 @@ def compare(
     ] = 8192,
     window: Annotated[int, typer.Option("--window", min=2, max=8192, help="tokens per corpus window")] = 128,
     ab: Annotated[str | None, typer.Option("--ab", help="A/B behavior set (YAML)")] = None,
+    ab_score: Annotated[
+        ABScore,
+        typer.Option(
+            "--ab-score",
+            help="score an A/B answer by the mean log-probability of its tokens, or by their sum",
+        ),
+    ] = ABScore.mean,
     model: Annotated[
         str | None, typer.Option("--model", help="smollm2, a Hugging Face id or a local folder (default: the spec's)")
     ] = None,
@@ -73,6 +87,7 @@ def compare(
         corpus_tokens=corpus_tokens or None,
         window=window,
         ab=ab,
+        ab_score=ab_score.value,
         model=model,
         dtype=dtype.value,
         max_new_tokens=max_new_tokens,

@@ -17,7 +17,8 @@ from .errors import UserError
 from .load import load
 
 if TYPE_CHECKING:
-    from .compare import Comparison, Inputs
+    from .compare import Comparison, Inputs, Row
+    from .errors import Diagnostic
     from .spec import Spec
     from .store import RunRecord, RunStore
 
@@ -51,6 +52,7 @@ class CompareOptions:
     corpus_tokens: int | None = 8192
     window: int = 128
     ab: str | None = None
+    ab_score: str = "mean"
     model: str | None = None
     dtype: str = "float32"
     max_new_tokens: int = 32
@@ -118,6 +120,7 @@ def _inputs(opts: CompareOptions, tokenizer: Any) -> Inputs:
         ab=ab,
         max_new_tokens=opts.max_new_tokens,
         sources=tuple(sources),
+        ab_score=opts.ab_score,
     )
 
 
@@ -147,7 +150,9 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
     info = inputs.describe()
     err.write(
         f"inputs: {info['prompts']} prompts, corpus {info['corpus_tokens_used']} of {info['corpus_tokens_total']} "
-        f"tokens (--corpus-tokens), A/B items {info['ab_items']}\n"
+        f"tokens (--corpus-tokens), A/B items {info['ab_items']}"
+        + (f" ({opts.ab_score} scoring)" if info["ab_items"] else "")
+        + "\n"
     )
     if opts.from_store:
         comparison = _from_store(opts, specs, model, inputs)
@@ -248,12 +253,26 @@ def _from_store(opts: CompareOptions, specs: list[Spec], model: Any, inputs: Inp
         passes=dict(settings.get("forward_passes", {})),
         seconds=dict(settings.get("seconds", {})),
         run_id=",".join(runs),
+        warnings=_warnings(rows, inputs.ab.path if inputs.ab is not None else None),
     )
 
 
-def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO) -> None:
-    from .report import load_table, summary_table, write_report
+def _warnings(rows: list[Row] | tuple[Row, ...], ab_path: str | None) -> tuple[Diagnostic, ...]:
+    """The warnings a comparison's rows call for (recomputed for a recorded run): the A/B saturation one."""
+    from .ab_pass import saturation_warning
 
+    if not rows or ab_path is None:
+        return ()
+    warning = saturation_warning(rows[0].ab, ab_path)
+    return (warning,) if warning is not None else ()
+
+
+def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO) -> None:
+    from .errors import render
+    from .report import ab_table, load_table, summary_table, write_report
+
+    if comparison.warnings:
+        err.write(render(comparison.warnings) + "\n")
     if opts.report is not None:
         command = "cdsl compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else ""
         path = write_report(comparison, opts.report, concept=opts.effect, command=command)
@@ -262,6 +281,8 @@ def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO
         out.write(json.dumps(comparison.to_dict(), indent=2, allow_nan=True) + "\n")
         return
     out.write(summary_table(comparison) + "\n\n")
+    if comparison.rows[0].ab is not None:
+        out.write(ab_table(comparison) + "\n\n")
     out.write(load_table(comparison) + "\n")
     p = comparison.passes
     out.write(
@@ -294,26 +315,35 @@ def runs_list(store_path: str | None, *, limit: int, fmt: str, out: TextIO) -> i
 def runs_show(store_path: str | None, run_id: str, *, fmt: str, out: TextIO) -> int:
     """``cdsl runs show ID``: one recorded run's table (or JSON)."""
     from .compare import Comparison, Row
-    from .report import load_table, summary_table
+    from .errors import render
+    from .report import ab_table, load_table, summary_table
 
     record = _open_store(store_path).get(run_id)
     if fmt == "json":
         out.write(json.dumps(_run_dict(record), indent=2, allow_nan=True) + "\n")
         return EXIT_OK
     settings = record.settings
+    rows = tuple(Row.from_dict(r.metrics) for r in record.results)
+    ab_path = dict(settings.get("inputs", {}).get("sources", {})).get("ab")
     comparison = Comparison(
         model=record.model,
         revision=record.revision,
         inputs_hash=record.inputs_hash,
         inputs=dict(settings.get("inputs", {})),
-        rows=tuple(Row.from_dict(r.metrics) for r in record.results),
+        rows=rows,
         prompts=tuple(settings.get("prompts", ())),
         passes=dict(settings.get("forward_passes", {})),
         seconds=dict(settings.get("seconds", {})),
         run_id=record.id,
+        warnings=_warnings(rows, ab_path),
     )
     out.write(f"run {record.id}  {_when(record.created)}  model {record.model}  inputs {record.inputs_hash}\n\n")
-    out.write(summary_table(comparison) + "\n\n" + load_table(comparison) + "\n")
+    out.write(summary_table(comparison) + "\n\n")
+    if rows and rows[0].ab is not None:
+        out.write(ab_table(comparison) + "\n\n")
+    out.write(load_table(comparison) + "\n")
+    if comparison.warnings:
+        out.write("\n" + render(comparison.warnings) + "\n")
     return EXIT_OK if record.results else EXIT_FAILED
 
 
