@@ -193,3 +193,37 @@ def test_the_shipped_letter_form_set_loads_with_its_choices(tmp_path: Path) -> N
     ab = load_ab(root / "specs" / "data" / "ab" / "refusal-letters.yaml")
     assert ab.format == "letters" and len(ab.items) == 50
     assert ab.count("a") == ab.count("b") == 25
+
+
+def test_the_output_embedding_runs_only_on_the_answer_positions_of_each_pass(model: Any) -> None:
+    ab = ab_set()
+    rows = ab_rows(model.tokenizer, ab)
+    shapes: list[tuple[int, ...]] = []
+    handle = model._module.lm_head.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+    try:
+        run_ab(model, [None, None, None], ab, logit_budget=3 * 4 * 30 * 320)
+    finally:
+        handle.remove()
+    passes = plan_passes(rows, 3, 320, logit_budget=3 * 4 * 30 * 320)
+    assert len(shapes) == len(passes) > 1
+    for shape, items in zip(shapes, passes, strict=True):
+        keep = max(rows.scored[r] for i in items for r in (2 * i, 2 * i + 1)) + 1
+        width = max(len(rows.seqs[r]) for i in items for r in (2 * i, 2 * i + 1))
+        assert shape == (3 * 2 * len(items), keep, 320) and keep < width
+
+
+def test_answers_outside_the_kept_positions_are_refused(model: Any) -> None:
+    from constraintdsl.measure import score_answers
+
+    ids = torch.randint(5, 100, (2, 8))
+    mask = torch.ones_like(ids)
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    answer[:, 4:] = True
+    plen = torch.tensor([4, 4])
+    with pytest.raises(ValueError, match="raise keep"):
+        score_answers(model, [None], ids, mask, answer, plen, keep=4)
+    with pytest.raises(ValueError, match="keep must be between 2"):
+        score_answers(model, [None], ids, mask, answer, plen, keep=9)
+    (kept,), _ = score_answers(model, [None], ids, mask, answer, plen, keep=5)
+    (full,), _ = score_answers(model, [None], ids, mask, answer, plen)
+    torch.testing.assert_close(kept.logprob, full.logprob, atol=1e-6, rtol=0)
