@@ -35,10 +35,12 @@ def cache_key(
     site: str,
     method: str,
     dtype: str,
+    read: str = "all",
 ) -> str:
     """Content key of a concept build: sha256 of everything the artifact's bytes depend on.
 
-    Model id, revision and dtype, site, method, dataset sha256, layers, tool version and extraction revision.
+    Model id, revision and dtype, site, method, dataset sha256, which completion tokens are read, layers,
+    tool version and extraction revision.
     """
     parts = {
         "format": FORMAT_VERSION,
@@ -52,6 +54,9 @@ def cache_key(
         "tool_version": tool_version(),
         "extraction_revision": EXTRACTION_REVISION,
     }
+    # entries built before `read` existed read every token: "all" keeps their keys (same meaning, same key)
+    if read != "all":
+        parts["read"] = read
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -82,6 +87,7 @@ def concept_cache_key(
         site=site,
         method=method,
         dtype=_model_dtype(model),
+        read=pair_set.read,
     )
     return key, chosen
 
@@ -104,8 +110,8 @@ def build_concept(
 ) -> ConceptArtifact:
     """Extract a concept from a pair dataset, or reuse the cached artifact with the same content key.
 
-    The key covers the model id, revision and dtype, the site, method, dataset bytes, layers and tool
-    version; the artifact is stored at :func:`cache_path` and returned with its ``path`` set.
+    The key covers the model id, revision and dtype, the site, method, dataset bytes, the tokens read, layers
+    and tool version; the artifact is stored at :func:`cache_path` and returned with its ``path`` set.
     ``use_cache=False`` always extracts; ``write_cache`` (default: ``use_cache``) stores the result.
     ``remote`` / ``timeout``: extract on NDIF (see :func:`constraintdsl.concepts.extract`); the result fills
     the same cache entry, as it equals a local extraction.
