@@ -79,8 +79,8 @@ def clamp_tensor(h: torch.Tensor, group: dict[str, Any], lo: torch.Tensor, hi: t
     """The hand-written joint clamp: every token, all bounds, no masks, no telemetry."""
     b, t, d = h.shape
     x = h.reshape(b * t, d).to(torch.float32)
-    delta, _, active = runtime.solve_bounds(x, group, lo.expand(b * t, -1), hi.expand(b * t, -1))
-    moved = active.any(dim=1, keepdim=True)
+    delta, at_lo, at_hi = runtime.solve_bounds(x, group, lo.expand(b * t, -1), hi.expand(b * t, -1))
+    moved = (at_lo | at_hi).any(dim=1, keepdim=True)
     return torch.where(moved, x + delta, x).reshape(b, t, d).to(h.dtype)
 
 
