@@ -293,30 +293,43 @@ def _pivot(
 def _held_solve(gram: torch.Tensor, held: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """λ [R, k] with ``G[S, S] λ_S = z_S`` on each row's held set S and 0 elsewhere (float64).
 
-    Each row's held columns are gathered to the front (width = the largest held set), padded with
-    the identity, and solved by a batched Cholesky; rows go in blocks of at most ``_BUDGET`` matrix
-    elements, so memory stays bounded for any k.
+    Each row's held columns are gathered to the front, padded with the identity to a common width
+    and solved by a batched Cholesky.  Rows are bucketed by held-set size (widths 1, 2, 4, 8, …) so
+    a few tokens that hold many bounds (an attention sink far outside every band) do not widen
+    everyone's system, and go in blocks of at most ``_BUDGET`` matrix elements, so memory stays
+    bounded for any k.
     """
-    rows = z.shape[0]
     count = held.sum(1)
-    m = int(count.max()) if rows else 0
     lam = torch.zeros_like(z)
-    if m == 0:
+    top = int(count.max()) if z.shape[0] else 0
+    if top == 0:
         return lam
-    order = torch.argsort((~held).to(torch.uint8), dim=1, stable=True)[:, :m]  # held columns first
-    valid = torch.arange(m, device=z.device)[None, :] < count[:, None]
-    eye = torch.eye(m, dtype=z.dtype, device=z.device)
-    step = max(1, _BUDGET // (m * m))
-    for s in range(0, rows, step):
-        idx, ok = order[s : s + step], valid[s : s + step]
-        block = torch.where(ok[:, :, None] & ok[:, None, :], gram[idx[:, :, None], idx[:, None, :]], eye)
-        rhs = torch.where(ok, z[s : s + step].gather(1, idx), 0.0)
-        chol, info = torch.linalg.cholesky_ex(block)
-        if bool((info != 0).any()):  # not positive definite in float64: LU instead
-            sol = torch.linalg.solve(block, rhs)
-        else:
-            sol = torch.cholesky_solve(rhs[:, :, None], chol)[:, :, 0]
-        lam[s : s + step].scatter_(1, idx, torch.where(ok, sol, 0.0))
+    order = torch.argsort((~held).to(torch.uint8), dim=1, stable=True)[:, :top]  # held columns first
+    bucket = torch.ceil(torch.log2(count.clamp(min=1).to(torch.float64))).to(torch.long)
+    buckets = [int(b) for b in torch.unique(bucket[count > 0])]
+    for b in buckets:
+        rows = ((bucket == b) & (count > 0)).nonzero().squeeze(1) if len(buckets) > 1 else None
+        m = min(1 << b, top)
+        idx_all = order[:, :m] if rows is None else order[rows, :m]
+        n_all = count if rows is None else count[rows]
+        z_all = z if rows is None else z[rows]
+        valid_all = torch.arange(m, device=z.device)[None, :] < n_all[:, None]
+        eye = torch.eye(m, dtype=z.dtype, device=z.device)
+        step = max(1, _BUDGET // (m * m))
+        out = torch.zeros_like(z_all)
+        for s in range(0, idx_all.shape[0], step):
+            idx, ok = idx_all[s : s + step], valid_all[s : s + step]
+            block = torch.where(ok[:, :, None] & ok[:, None, :], gram[idx[:, :, None], idx[:, None, :]], eye)
+            rhs = torch.where(ok, z_all[s : s + step].gather(1, idx), 0.0)
+            chol, info = torch.linalg.cholesky_ex(block)
+            if bool((info != 0).any()):  # not positive definite in float64: LU instead
+                sol = torch.linalg.solve(block, rhs)
+            else:
+                sol = torch.cholesky_solve(rhs[:, :, None], chol)[:, :, 0]
+            out[s : s + step].scatter_(1, idx, torch.where(ok, sol, 0.0))
+        if rows is None:
+            return out
+        lam[rows] = out
     return lam
 
 
