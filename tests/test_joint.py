@@ -277,6 +277,8 @@ def test_twenty_four_non_orthogonal_bounds_at_one_site_compile_into_one_exact_gr
     (site,) = plan.payload["sites"]
     ((members, group),) = site["groups"]
     assert members == list(range(24)) and group["method"] == "active" and site["feasible"]
+    assert "joint: 24 directions solved together, exactly" in plan.explain()
+    assert "active-set method in float64" in plan.explain()
     h = (rng.standard_normal((1, 6, TINY_H)) * 3).astype(np.float32)
     pos = torch.arange(6)[None]
     out = apply_site(torch.tensor(h), site, pos, torch.tensor([6]), torch.tensor([6]), {})[0].double().numpy()

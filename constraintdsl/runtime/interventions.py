@@ -372,12 +372,13 @@ def _fold(tele: torch.Tensor, entries: list[int], parts: list[list[torch.Tensor]
     """
     cols = [torch.cat(c) if len(c) > 1 else c[0] for c in zip(*parts, strict=True)]
     sel, bind, corr, rel, before, after = cols
-    corr_b = torch.where(bind, corr.abs(), 0.0)
-    rel_b = torch.where(bind, rel, 0.0)
-    zero = torch.zeros_like(corr_b)
+    zero = torch.zeros((), dtype=torch.float32, device=tele.device)
+    corr_b = torch.where(bind, corr.abs(), zero)
+    rel_b = torch.where(bind, rel, zero)
+    none = zero.expand(corr_b.shape)
     # in TELEMETRY_FIELDS order, the two maxima as zeros: they are folded in below
-    fields = [sel.to(torch.float32), bind.to(torch.float32), corr_b, zero, rel_b, zero]
-    sums = torch.stack([*fields, torch.where(sel, before, 0.0), torch.where(sel, after, 0.0)], dim=1).sum(-1)
+    fields = [sel.to(torch.float32), bind.to(torch.float32), corr_b, none, rel_b, none]
+    sums = torch.stack([*fields, torch.where(sel, before, zero), torch.where(sel, after, zero)], dim=1).sum(-1)
     idx = torch.tensor(entries, dtype=torch.long, device=tele.device)
     tele.index_add_(0, idx, sums)
     if corr_b.shape[1]:
