@@ -18,8 +18,9 @@ the directions, ``Δ = Uᵀλ``; with ``G = U Uᵀ`` and ``p = U h`` the problem
 is solved, and every method works on all tokens at once (no loop over tokens):
 
 - one direction: the closed form ``h + (lo − p)₊ u − (p − hi)₊ u``;
-- two to five well-conditioned directions, few tokens to move: the 3^k faces of the box, each a
-  linear map precomputed at compile time, all evaluated and the cheapest feasible one kept;
+- two to five well-conditioned directions (five: when at most 128 tokens move): the 3^k faces of
+  the box, each a linear map precomputed at compile time, all evaluated for the tokens that
+  violate a bound and the cheapest feasible one kept (benchmarks/joint.py measures the choice);
 - anything else (up to MAX_JOINT directions): an active-set method (block principal pivoting
   with a least-index safeguard, finite) in float64 on the tokens that violate a bound, exact
   to float32 precision for every set the compiler accepts (Gram eigenvalues ≥ 1e-6).
@@ -69,7 +70,7 @@ _MAX_COLS = (3, 5)  # corr_max, rel_max: folded in by maximum, every other field
 MAX_JOINT = 1024  # bounded directions solved jointly in one group at one site
 FACE_MAX = 5  # groups of 2..FACE_MAX directions may enumerate their 3^k faces when well conditioned ...
 FACE_MIN_EIG = 0.05  # ... that is, when the Gram matrix's smallest eigenvalue is at least this;
-FACE_ROWS = (0, 0, 1 << 62, 1 << 62, 16, 16)  # ... and at most this many tokens move (by k; measured)
+FACE_ROWS = (0, 0, 1 << 62, 1 << 62, 1 << 62, 128)  # ... and at most this many tokens move (by k; measured)
 SLACK = 1e-5  # a bound counts as met within SLACK · (1 + |⟨u, h⟩|); only tokens beyond it move
 _TRIES = 3  # block pivots without progress before the least-index single pivot takes over
 _BUDGET = 1 << 22  # float64 elements of active-set Gram blocks solved at once (32 MiB)
