@@ -141,11 +141,17 @@ def plan_summary(plan: PlanLike) -> dict[str, Any]:
                 }
             )
         groups = []
-        for members, _group in site["groups"]:
-            dirs = site["dirs"][members]
-            cos = (dirs @ dirs.T).abs() - torch.eye(len(members))
+        for members, group in site["groups"]:
+            dirs = site["dirs"][members].double()
+            gram = dirs @ dirs.T
+            cos = gram.abs() - torch.eye(len(members), dtype=gram.dtype)
             groups.append(
-                {"directions": len(members), "max_abs_cos": round(float(cos.max()), 4) if len(members) > 1 else 0.0}
+                {
+                    "directions": len(members),
+                    "max_abs_cos": round(float(cos.max()), 4) if len(members) > 1 else 0.0,
+                    "min_gram_eigenvalue": float(f"{float(torch.linalg.eigvalsh(gram).min()):.3g}"),
+                    "solve": group.get("method", "faces"),
+                }
             )
         sites.append(
             {"layer": site["layer"], "site": site["site"], "module": site["path"], "ops": ops, "joint": groups}
@@ -164,6 +170,9 @@ def plan_summary(plan: PlanLike) -> dict[str, Any]:
         "sites": sites,
         "feasible": True,
     }
+
+
+_SOLVES = {"faces": "face enumeration", "active": "active-set method in float64", "one": "closed form"}
 
 
 def explain(plan: PlanLike) -> str:
@@ -198,6 +207,9 @@ def explain(plan: PlanLike) -> str:
             out.append(f"  {op['statement']:<{width}}  {value:<34} on {op['tokens']}{gate}  (line {op['line']})")
         for g in site["joint"]:
             if g["directions"] > 1:
-                out.append(f"  joint: {g['directions']} directions solved together (max |cos| {g['max_abs_cos']})")
+                out.append(
+                    f"  joint: {g['directions']} directions solved together, exactly (max |cos| {g['max_abs_cos']}, "
+                    f"smallest Gram eigenvalue {g['min_gram_eigenvalue']:g}; {_SOLVES[g['solve']]})"
+                )
     out.append("feasible: yes (every site's bounds can hold together)")
     return "\n".join(out)

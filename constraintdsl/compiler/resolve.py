@@ -28,6 +28,7 @@ from constraintdsl.models.loading import ModelIdentity, model_identity
 from constraintdsl.models.sites import arch_sites, hf_module
 from constraintdsl.runtime import interventions
 
+from . import joint
 from .plan import Plan
 from .telemetry import Entry
 
@@ -41,9 +42,6 @@ TOKEN_CODES = {
     "last": interventions.LAST,
     "first": interventions.FIRST,
 }
-PARALLEL = 1.0 - 1e-6  # |cos| above this: the same direction (or its opposite)
-ORTHOGONAL = 1e-6  # |cos| below this: solved separately
-DEPENDENT = 1e-6  # smallest Gram eigenvalue below this: linearly dependent directions
 
 
 def check_plan_model(compiled_for: ModelIdentity, model: Any) -> None:
@@ -484,28 +482,19 @@ def _gate(
 
 
 def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
-    """Distinct directions, members mapped onto them, infeasibility checks, joint groups."""
+    """Distinct directions, members mapped onto them, infeasibility and dependence checks, joint groups."""
     members = slot.pop("members")
     slot["dirs"] = torch.zeros(0, 0)
     slot["bounds"] = []
     slot["groups"] = []
     if not members:
         return
-    dirs: list[torch.Tensor] = []
-    owners: list[list[dict[str, Any]]] = []
+    cols, signs, u = joint.distinct_directions([m["u"] for m in members])
+    owners: list[list[dict[str, Any]]] = [[] for _ in range(u.shape[0])]
     bounds: list[dict[str, Any]] = []
-    for m in members:
-        col, sign = -1, 1.0
-        for j, d in enumerate(dirs):
-            cos = float(torch.dot(d.double(), m["u"].double()))
-            if abs(cos) > PARALLEL:
-                col, sign = j, (1.0 if cos > 0 else -1.0)
-                break
-        if col < 0:
-            col = len(dirs)
-            dirs.append(m["u"])
-            owners.append([])
+    for m, col, sign in zip(members, cols, signs, strict=True):
         lo, hi = (m["lo"], m["hi"]) if sign > 0 else (-m["hi"], -m["lo"])
+        op = m["op"]
         member = {
             "dir": col,
             "lo": lo,
@@ -522,44 +511,33 @@ def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
             if _overlap((other["tokens"], 0), (m["tokens"], 0)) and (
                 other["lo"] > hi + 1e-6 * (1 + abs(hi)) or lo > other["hi"] + 1e-6 * (1 + abs(lo))
             ):
-                a, b = other["op"], m["op"]
+                a = other["op"]
                 r.error(
-                    b.span,
-                    f"infeasible at layer {slot['layer']}: `{statement_dsl(b)}` contradicts "
+                    op.span,
+                    f"infeasible at layer {slot['layer']}: `{statement_dsl(op)}` contradicts "
                     f"`{statement_dsl(a)}` (line {a.span.line}); no activation satisfies both",
                     "loosen one of the two bounds, or give them disjoint tokens (on prompt / on generated)",
                 )
-        owners[col].append({**member, "op": m["op"]})
+        owners[col].append({**member, "op": op})
         bounds.append(member)
-    u = torch.stack(dirs)
-    gram = u.double() @ u.double().T
-    if len(dirs) > 1 and float(torch.linalg.eigvalsh(gram).min()) < DEPENDENT:
-        names = ", ".join(f"`{statement_dsl(o[0]['op'])}`" for o in owners)
+    dep = joint.dependence(u)
+    if dep is not None:
+        ops = [owners[i][0]["op"] for i in dep.involved]
+        names = ", ".join(f"`{statement_dsl(op)}` (line {op.span.line})" for op in ops)
+        what = (
+            f"nearly parallel (|cos| = {dep.max_cos:.8f})"
+            if len(ops) == 2
+            else f"linearly dependent to within float precision (smallest Gram eigenvalue {dep.eigenvalue:.2g})"
+        )
         r.error(
-            owners[-1][0]["op"].span,
-            f"at layer {slot['layer']} the directions of {names} are linearly dependent, "
-            "so their joint bounds are ill-defined",
-            "drop one of these statements at this layer",
+            ops[-1].span,
+            f"at layer {slot['layer']} ({slot['site']}) the directions of {names} are linearly dependent: "
+            f"{what}; bounds on them jointly cannot be met exactly (the limit is an eigenvalue of {joint.DEPENDENT:g})",
+            "drop one of these statements at this layer, or bound both concepts through one of them",
         )
         return
-    # connected components of the non-orthogonality graph are solved jointly
-    k = len(dirs)
-    parent = list(range(k))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for i in range(k):
-        for j in range(i + 1, k):
-            if abs(float(gram[i, j])) > ORTHOGONAL:
-                parent[find(i)] = find(j)
-    comps: dict[int, list[int]] = {}
-    for i in range(k):
-        comps.setdefault(find(i), []).append(i)
     groups = []
-    for comp in comps.values():
+    for comp in joint.components(u):
         if len(comp) > interventions.MAX_JOINT:
             r.error(
                 owners[comp[-1]][0]["op"].span,
@@ -574,3 +552,4 @@ def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
     slot["dirs"] = u
     slot["bounds"] = bounds
     slot["groups"] = groups
+    slot["feasible"] = True  # no two bounds on one direction can contradict on a token (checked above)
