@@ -159,10 +159,13 @@ def load(path: str | Path) -> Spec:
 
 
 def _rebase(concept: Concept, folder: Path, root_folder: Path) -> Concept:
-    if folder == root_folder or PurePosixPath(concept.path).is_absolute():
-        return concept
-    rel = os.path.relpath(folder / concept.path, root_folder)
-    return replace(concept, path=PurePosixPath(Path(rel)).as_posix())
+    def rebased(path: str) -> str:
+        if folder == root_folder or PurePosixPath(path).is_absolute():
+            return path
+        return PurePosixPath(Path(os.path.relpath(folder / path, root_folder))).as_posix()
+
+    calibrated = None if concept.calibrated is None else rebased(concept.calibrated)
+    return replace(concept, path=rebased(concept.path), calibrated=calibrated)
 
 
 def spec_sources(spec: Spec) -> dict[str, str]:
@@ -178,8 +181,25 @@ def _texts(sources: dict[str, str], paths: tuple[Path, ...] | list[Path]) -> dic
     return out
 
 
+# The files of a sae-lens SAE folder that a concept reads (docs/interop.md).
+SAE_FILES = ("cfg.json", "sae_weights.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file's bytes (a folder: of its SAE files, in order), read in chunks."""
+    h = hashlib.sha256()
+    files = [path / name for name in SAE_FILES] if path.is_dir() else [path]
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
 def concept_hashes(spec: Spec) -> dict[str, str]:
-    """``concept:NAME`` → sha256 of the file each concept names (pairs data or artifact).
+    """``concept:NAME`` → sha256 of the file each concept names (pairs data, artifact or imported vector;
+    for an SAE folder, its ``cfg.json`` and weights), and ``concept:NAME:calibrated`` → sha256 of the pair
+    set a ``calibrated on`` clause names.
 
     Paths are relative to the spec's folder.  A missing or unreadable file is an error at the
     statement's path.
@@ -188,13 +208,20 @@ def concept_hashes(spec: Spec) -> dict[str, str]:
     out: dict[str, str] = {}
     diags: list[Diagnostic] = []
     for c in spec.concepts:
-        p = Path(os.path.normpath(base / c.path))
-        try:
-            out[f"concept:{c.name}"] = "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
-        except FileNotFoundError:
-            diags.append(Diagnostic(c.path_span, f"concept file not found: {p}", "paths are relative to the spec file"))
-        except OSError as e:
-            diags.append(Diagnostic(c.path_span, f"cannot read concept file {p}: {e.strerror}", None))
+        named = [(f"concept:{c.name}", c.path, c.path_span)]
+        if c.calibrated is not None:
+            named.append((f"concept:{c.name}:calibrated", c.calibrated, c.calibrated_span))
+        for key, path, span in named:
+            p = Path(os.path.normpath(base / path))
+            try:
+                out[key] = _sha256(p)
+            except FileNotFoundError as e:
+                missing = Path(e.filename) if e.filename else p
+                diags.append(
+                    Diagnostic(span, f"concept file not found: {missing}", "paths are relative to the spec file")
+                )
+            except OSError as e:
+                diags.append(Diagnostic(span, f"cannot read concept file {p}: {e.strerror}", None))
     if diags:
         raise SpecError(diags, spec_sources(spec))
     return out
