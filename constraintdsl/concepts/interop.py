@@ -155,7 +155,9 @@ def read_gguf(path: str | Path, *, span: Span | None = None) -> ConceptArtifact:
     try:
         reader = GGUFReader(name)
     except Exception as exc:  # the reader raises ValueError, IndexError, struct errors … on bad or short files
-        raise _fail(name, f"not a readable GGUF file ({type(exc).__name__}: {exc})", hint, span) from None
+        raise _fail(
+            name, f"not a readable GGUF file: truncated or corrupt ({type(exc).__name__}: {exc})", hint, span
+        ) from None
     arch = _field_text(reader, "general.architecture")
     if arch is not None and arch != GGUF_ARCH:
         raise _fail(
@@ -418,10 +420,12 @@ def _decoder_row(weights: Path, feature: int, d_sae: int, d_in: int, span: Span 
             start, end = offsets
             if end - start != d_sae * d_in * itemsize:
                 raise _fail(name, "W_dec's byte size does not match its shape", None, span)
-            if 8 + header_len + end > size:
+            ends = [e.get("data_offsets") for e in header.values() if isinstance(e, dict)]
+            last = max([end, *(x[1] for x in ends if isinstance(x, list) and len(x) == 2 and isinstance(x[1], int))])
+            if 8 + header_len + last > size:
                 raise _fail(
                     name,
-                    f"file is truncated: W_dec needs {8 + header_len + end} bytes, the file has {size}",
+                    f"file is truncated: its tensors need {8 + header_len + last} bytes, the file has {size}",
                     None,
                     span,
                 )
