@@ -216,6 +216,9 @@ class _Builder:
                 '`from svec "x.svec"` or `from sae "folder" feature N`',
             )
             source = "pairs"
+            known = False
+        else:
+            known = True
         method = "mean"
         feature: int | None = None
         calibrated: str | None = None
@@ -244,7 +247,10 @@ class _Builder:
                 elif source != "pairs":
                     self.error(self.tree_span(option), *METHOD_ON_FILE)
             elif kind == "feature":
-                feature = self.feature(tok, source)
+                if source != "sae":
+                    self.error(self.tree_span(option), *FEATURE_ON_OTHER)
+                else:
+                    feature = self.feature(tok)
             else:
                 calibrated = self.string(tok)
                 calibrated_span = self.tok_span(tok)
@@ -254,7 +260,8 @@ class _Builder:
         if source == "sae" and "feature" not in seen:
             self.error(span, *FEATURE_MISSING)
         path = self.string(path_tok)
-        self._check_concept_path(source, path, self.tok_span(path_tok))
+        if known:
+            self._check_concept_path(source, path, self.tok_span(path_tok))
         return Concept(
             str(name_tok),
             cast(ConceptSource, source),
@@ -268,11 +275,8 @@ class _Builder:
             calibrated_span=calibrated_span,
         )
 
-    def feature(self, tok: Token, source: str) -> Index | None:
+    def feature(self, tok: Token) -> Index | None:
         """``feature N``: an SAE feature index (a decoder row), for ``from sae`` only."""
-        if source != "sae":
-            self.error(self.tok_span(tok), *FEATURE_ON_OTHER)
-            return None
         text = str(tok)
         if text.startswith("-"):
             self.error(self.tok_span(tok), f"feature {text} is negative", "features are numbered from 0")
