@@ -538,3 +538,44 @@ def test_a_concept_exports_as_one_unit_per_layer_and_reads_back(
     with pytest.raises(UserError, match="no calibration"):
         artifact_vectors(art, unit="calibrated")
     capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------------------ language
+
+
+def test_import_options_diff_field_by_field_and_hash_their_files(tmp_path: Path) -> None:
+    a = cdsl.parse('version 1\nconcept c from sae "sae" feature 3\nsteer c by 1 vec at layer 1\n', "a.cdsl")
+    b = cdsl.parse(
+        'version 1\nconcept c from sae "sae" feature 4 calibrated on "p.yaml"\nsteer c by 1 vec at layer 1\n', "b.cdsl"
+    )
+    (change,) = cdsl.diff(a, b)
+    assert change.subject == "concept c"
+    assert set(change.fields) == {("feature", "3", "4"), ("calibrated", "none", "p.yaml")}
+    assert a.hash() != b.hash()
+    # check/hash fold in the SAE folder's files and the calibration set
+    write_sae(tmp_path / "sae", np.ones((6, HIDDEN), dtype=np.float32))
+    (tmp_path / "p.yaml").write_text(PAIRS)
+    (tmp_path / "s.cdsl").write_text(b.to_dsl())
+    from constraintdsl.lang.loading import concept_hashes
+
+    before = concept_hashes(cdsl.load(tmp_path / "s.cdsl"))
+    assert set(before) == {"concept:c", "concept:c:calibrated"}
+    write_sae(tmp_path / "sae", np.full((6, HIDDEN), 2.0, dtype=np.float32))
+    after = concept_hashes(cdsl.load(tmp_path / "s.cdsl"))
+    assert after["concept:c"] != before["concept:c"] and after["concept:c:calibrated"] == before["concept:c:calibrated"]
+
+
+def test_the_yaml_schema_knows_the_import_fields() -> None:
+    from constraintdsl.lang.yaml_twin import json_schema
+
+    entry = json_schema()["$defs"]["ConceptEntry"]["properties"]
+    assert {"feature", "calibrated"} <= set(entry)
+    assert set(entry["from"]["enum"]) == {"pairs", "file", "gguf", "svec", "sae"}
+
+
+def test_an_included_files_calibration_path_is_relative_to_that_file(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "c.cdsl").write_text('version 1\nconcept c from gguf "m.gguf" calibrated on "p.yaml"\n')
+    (tmp_path / "top.cdsl").write_text('version 1\ninclude "lib/c.cdsl"\nsteer c by 1 at layer 1\n')
+    (concept,) = cdsl.load(tmp_path / "top.cdsl").concepts
+    assert (concept.path, concept.calibrated) == ("lib/m.gguf", "lib/p.yaml")
