@@ -579,3 +579,36 @@ def test_an_included_files_calibration_path_is_relative_to_that_file(tmp_path: P
     (tmp_path / "top.cdsl").write_text('version 1\ninclude "lib/c.cdsl"\nsteer c by 1 at layer 1\n')
     (concept,) = cdsl.load(tmp_path / "top.cdsl").concepts
     assert (concept.path, concept.calibrated) == ("lib/m.gguf", "lib/p.yaml")
+
+
+def test_running_an_uncalibrated_import_reads_no_calibrated_effect(model: Any, tmp_path: Path) -> None:
+    from constraintdsl.run.readout import concept_reads
+
+    write_repeng_gguf(tmp_path / "m.gguf", vectors((1,)))
+    (tmp_path / "s.cdsl").write_text('version 1\nconcept m from gguf "m.gguf"\nsteer m by 1 vec at layer 1\n')
+    plan = cdsl.compile(tmp_path / "s.cdsl", model, progress=False)
+    assert concept_reads([plan]) == []
+    result = plan.generate(TEXTS[:1], max_new_tokens=3, chat=False)
+    assert result.telemetry is not None and float(result.telemetry[0, 0]) > 0
+
+
+def test_cdsl_concept_calibrate_prints_the_layer_table_of_an_imported_vector(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import constraintdsl.models.loading as loading
+
+    monkeypatch.setenv("CONSTRAINTDSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(loading, "load_model", lambda name, dtype="float32": model)
+    (tmp_path / "tone.yaml").write_text(PAIRS)
+    w_dec = np.random.default_rng(2).standard_normal((5, HIDDEN)).astype(np.float32)
+    write_sae(tmp_path / "sae", w_dec, "blocks.2.hook_resid_pre")  # block 2's input: layer 1 here
+    out = tmp_path / "cal.safetensors"
+    args = ["concept", "calibrate", str(tmp_path / "sae"), "--feature", "4", "--pairs", str(tmp_path / "tone.yaml")]
+    code = main([*args, "-o", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "AUROC" in printed and "wrote" in printed and out.is_file()
+    saved = load_artifact(out)
+    assert saved.layers == (1,) and saved.calibration is not None
+    assert saved.norm(1) == pytest.approx(float(np.linalg.norm(w_dec[4])), rel=1e-6)
+    assert main(["concept", "show", str(tmp_path / "sae"), "--feature", "4"]) == 0
+    assert "stored vector norm" in capsys.readouterr().out
