@@ -480,7 +480,7 @@ def check_compatible(artifact: ConceptArtifact, identity: ModelIdentity, span: S
             f"(model {artifact.model_id or 'unknown'}), but model {identity.id} has hidden size "
             f"{identity.hidden_size}",
             "a vector made for another model does not fit this one"
-            if artifact.metadata.get("format") == "import"
+            if artifact.metadata.get("source") in ("gguf", "svec", "sae")
             else "extract the concept again for this model: cdsl concept build --pairs FILE --model MODEL",
             span,
         )
