@@ -612,3 +612,30 @@ def test_cdsl_concept_calibrate_prints_the_layer_table_of_an_imported_vector(
     assert saved.norm(1) == pytest.approx(float(np.linalg.norm(w_dec[4])), rel=1e-6)
     assert main(["concept", "show", str(tmp_path / "sae"), "--feature", "4"]) == 0
     assert "stored vector norm" in capsys.readouterr().out
+
+
+def test_cdsl_export_writes_a_control_vector_that_reimports_as_the_spec_steer(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import constraintdsl.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda name, dtype="float32": model)
+    v = vectors((1, 2), seed=11)
+    write_repeng_gguf(tmp_path / "m.gguf", v)
+    (tmp_path / "s.cdsl").write_text(
+        'version 1\nconcept m from gguf "m.gguf"\nlet k = 1 vec | 2 vec\nsteer m by $k at layers 1-2\n'
+    )
+    out = tmp_path / "out.gguf"
+    assert main(["export", str(tmp_path / "s.cdsl"), "--to", "gguf", "-o", str(out)]) == 2  # which variant?
+    assert "--variant" in capsys.readouterr().err and not out.exists()
+    assert main(["export", str(tmp_path / "s.cdsl"), "--to", "gguf", "-o", str(out), "--variant", "k=2 vec"]) == 0
+    back = read_gguf(out)
+    assert back.metadata["model_hint"] == "llama" and back.layers == (1, 2)
+    for layer in (1, 2):
+        assert np.allclose(back.direction(layer) * back.norm(layer), 2 * v[layer], atol=1e-4)
+    # the exported file at scale 1 steers exactly like the spec
+    (tmp_path / "again.cdsl").write_text('version 1\nconcept e from gguf "out.gguf"\nsteer e by 1 vec at layers 1-2\n')
+    a = cdsl.compile(tmp_path / "again.cdsl", model, progress=False).trace(TEXTS[:1], chat=False).logits
+    (tmp_path / "k2.cdsl").write_text('version 1\nconcept m from gguf "m.gguf"\nsteer m by 2 vec at layers 1-2\n')
+    b = cdsl.compile(tmp_path / "k2.cdsl", model, progress=False).trace(TEXTS[:1], chat=False).logits
+    assert torch.allclose(a, b, atol=1e-4)
