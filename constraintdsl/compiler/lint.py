@@ -52,6 +52,7 @@ def _artifacts(spec: Spec, identity: Any, num_layers: int) -> dict[str, Any]:
     """The concepts of ``spec`` available without extracting: artifact files, and cached pair builds."""
     from constraintdsl.concepts.artifact import load_artifact
     from constraintdsl.concepts.build import cache_key, cache_path
+    from constraintdsl.concepts.interop import open_concept
     from constraintdsl.concepts.pairs import load_pairs
 
     base = Path(spec.path).parent
@@ -64,8 +65,9 @@ def _artifacts(spec: Spec, identity: Any, num_layers: int) -> dict[str, Any]:
     for concept in spec.concepts:
         path = Path(os.path.normpath(base / concept.path))
         try:
-            if concept.source == "file":
-                found[concept.name] = load_artifact(path)
+            if concept.source != "pairs":
+                if concept.calibrated is None:  # an imported vector calibrated on a pair set needs the model
+                    found[concept.name] = open_concept(concept.source, path, feature=concept.feature)
                 continue
             pairs = load_pairs(path)
             key = cache_key(
@@ -75,6 +77,7 @@ def _artifacts(spec: Spec, identity: Any, num_layers: int) -> dict[str, Any]:
                 site=sites.get(concept.name, "resid"),
                 method=concept.method,
                 dtype="float32",
+                read=pairs.read,
             )
             target = cache_path(key)
             if target.is_file():

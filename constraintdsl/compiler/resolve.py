@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from constraintdsl.concepts.artifact import PERCENTILE_LEVELS, ConceptArtifact, check_compatible, load_artifact
-from constraintdsl.concepts.build import build_concept
+from constraintdsl.concepts.artifact import PERCENTILE_LEVELS, ConceptArtifact, check_compatible
+from constraintdsl.concepts.build import build_concept, calibrate_concept
+from constraintdsl.concepts.interop import open_concept
 from constraintdsl.errors import Diagnostic, Span, SpecError, UserError
 from constraintdsl.lang.canonical import format_number, format_value, statement_dsl
 from constraintdsl.lang.loading import spec_sources
@@ -130,8 +131,17 @@ class _Resolver:
         else:
             path = self.base / concept.path
             try:
-                if concept.source == "file":
-                    art = load_artifact(path, span=concept.path_span)
+                if concept.source != "pairs":
+                    art = open_concept(concept.source, path, feature=concept.feature, span=concept.path_span)
+                    if concept.calibrated is not None:
+                        check_compatible(art, self.identity, concept.path_span)
+                        art = calibrate_concept(
+                            art,
+                            self.base / concept.calibrated,
+                            self.model,
+                            span=concept.calibrated_span,
+                            progress=self.progress,
+                        )
                 else:
                     art = build_concept(
                         path,
@@ -183,12 +193,28 @@ class _Resolver:
         assert isinstance(value, Value), "resolve() refuses a spec with variables before reading values"
         if value.unit is Unit.raw:
             return value.number
+        if value.unit is Unit.vec:
+            norm = art.norm(layer)
+            if norm is None:
+                self.error(
+                    span,
+                    f"concept '{name}' stores a unit direction only (it was extracted), so "
+                    f"'{format_value(value)}' (times the stored vector) has no meaning",
+                    "use calibrated units or raw; `vec` is for imported vectors (from gguf, svec, sae, .npy)",
+                )
+                return None
+            return value.number * norm
         cal = art.calibration
         if cal is None:
+            imported = art.norms is not None and art.layers is not None
             self.error(
                 span,
-                f"concept '{name}' is a raw vector without calibration, so '{format_value(value)}' has no meaning",
-                f"use raw units, e.g. {format_number(value.number)} raw",
+                f"concept '{name}' is {'an imported' if imported else 'a raw'} vector without calibration, "
+                f"so '{format_value(value)}' has no meaning",
+                f"use {format_number(value.number)} vec (times the stored vector) or raw units, or calibrate it: "
+                f'concept {name} from … calibrated on "pairs.yaml"'
+                if imported
+                else f"use raw units, e.g. {format_number(value.number)} raw",
             )
             return None
         row = art.row(layer)

@@ -553,8 +553,12 @@ def extract(
     progress: bool = True,
     remote: bool | str = False,
     timeout: float | None = None,
+    fixed: np.ndarray[Any, Any] | None = None,
 ) -> ConceptArtifact:
     """Extract and calibrate ``pairs``' concept at ``layers`` (all by default) of ``site`` in ``model``.
+
+    With ``fixed`` (unit directions ``[len(layers), H]``, e.g. an imported vector) nothing is extracted:
+    those directions are calibrated on ``pairs`` exactly as an extracted one would be (method ``fixed``).
 
     ``model`` is an nnsight ``TransformersModel`` with a tokenizer; ``batch_size`` counts sequences per
     forward pass (each pair is two).  Every sequence is forwarded once when the dataset has a ``test`` split
@@ -595,9 +599,14 @@ def extract(
     with torch.no_grad():
         # With a test split the train variance comes exactly from the H x H sums; without one the second pass
         # over train projects every token anyway, so the sums would be wasted work.
-        sums = _TrainSums(len(chosen), pca=method == "pca", second_moment=bool(test), local=not remote)
+        sums = _TrainSums(
+            len(chosen), pca=method == "pca" and fixed is None, second_moment=bool(test), local=not remote
+        )
         forward(train, "train" if test else "train, pass 1/2", sums)
-        directions = _directions(sums, method, pairs)
+        if fixed is not None:
+            directions = torch.as_tensor(np.asarray(fixed, dtype=np.float64), device=device)
+        else:
+            directions = _directions(sums, method, pairs)
         projections = _Projections(directions, test or train)
         forward(test or train, "test (held out)" if test else "train, pass 2/2 (percentiles)", projections)
         train_stats = {k: v.cpu().numpy() for k, v in sums.projection_stats(directions).items()}
@@ -622,7 +631,7 @@ def extract(
         "negative": pairs.negative_label,
         **_identity_metadata(model),
         "site": site,
-        "method": method,
+        "method": "fixed" if fixed is not None else method,
         "layers": json.dumps(chosen),
         "dataset_sha256": pairs.sha256,
         "train_pairs": str(len(pairs.train)),
@@ -630,7 +639,9 @@ def extract(
         "train_tokens": json.dumps({"positive": sums.count[1], "negative": sums.count[-1]}),
         "token_selection": token_selection(pairs.is_chat, pairs.read),
         "read": pairs.read,
-        "weighting": "token" if method == "mean" else "example (paired differences of per-example means)",
+        "weighting": "token"
+        if method == "mean" or fixed is not None
+        else "example (paired differences of per-example means)",
         "percentile_levels": json.dumps(list(PERCENTILE_LEVELS)),
         "calibration_split": "test" if test else "train",
         "tool_version": tool_version(),

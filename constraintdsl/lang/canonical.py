@@ -167,7 +167,13 @@ def statement_dsl(stmt: Concept | Include | Let | Op) -> str:
         return f"include {_quote(stmt.path)}"
     if isinstance(stmt, Concept):
         text = f"concept {stmt.name} from {stmt.source} {_quote(stmt.path)}"
-        return text if stmt.method == "mean" else f"{text} method {stmt.method}"
+        if stmt.method != "mean":
+            text += f" method {stmt.method}"
+        if stmt.feature is not None:
+            text += f" feature {stmt.feature}"
+        if stmt.calibrated is not None:
+            text += f" calibrated on {_quote(stmt.calibrated)}"
+        return text
     parts = [_op_head(stmt), format_where(stmt.where)]
     if stmt.site != "resid":
         parts.append(f"in {stmt.site}")
@@ -280,6 +286,10 @@ def to_dict(spec: SpecLike) -> dict[str, Any]:
             entry: dict[str, Any] = {"from": c.source, "path": c.path}
             if c.method != "mean":
                 entry["method"] = c.method
+            if c.feature is not None:
+                entry["feature"] = c.feature
+            if c.calibrated is not None:
+                entry["calibrated"] = c.calibrated
             concepts[c.name] = entry
         d["concepts"] = concepts
     if spec.lets:
