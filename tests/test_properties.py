@@ -148,6 +148,15 @@ def test_dsl_to_yaml_to_dsl_is_the_identity(spec: Spec) -> None:
     assert twin.hash() == spec.hash()
 
 
+def test_a_string_pyyaml_dumps_plain_but_cannot_read_back_is_quoted_in_the_yaml_twin() -> None:
+    from constraintdsl.lang.validate import assemble
+
+    spec = parse('version 1\nmodel "\u00a0`"\nconcept A from pairs "0.yaml"\n')
+    yaml_text = spec.to_yaml()
+    header, statements, diags = parse_yaml(yaml_text, "twin.yaml")
+    assert assemble(header, statements, [], diags, "twin.yaml", yaml_text).model == "\u00a0`"
+
+
 _MUTATION_CHARS = string.printable + "≥≤–—“”‘’−≠\u00a0\u200b\ufeff\t\r$%[]\"'#éλ中"
 
 

@@ -320,8 +320,11 @@ def _flow(data: Any) -> str:
     """One line of YAML flow text for a scalar or a mapping; checked to read back unchanged."""
     text = yaml.safe_dump(data, default_flow_style=True, allow_unicode=True, width=1_000_000, sort_keys=False)
     text = text.removesuffix("\n").removesuffix("\n...").strip()
-    if yaml.safe_load(text) == data:
-        return text
+    try:
+        if yaml.safe_load(text) == data:
+            return text
+    except yaml.YAMLError:  # pyyaml can dump a string it cannot read back plain (e.g. "\xa0`")
+        pass
     # pyyaml leaves some odd strings plain (or splits them in flow context): quote every string
     if isinstance(data, dict):
         return "{" + ", ".join(f"{_flow_item(k)}: {_flow_item(v)}" for k, v in data.items()) + "}"
