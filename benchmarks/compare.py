@@ -15,7 +15,12 @@ and the first ``--corpus-tokens`` tokens of the shipped reference corpus in wind
 ``batched_over_sum_ratio`` = batched wall time / sequential wall time (target ≤ 1.1: batching adds no
 cost beyond the compute).  Rounds alternate the two orders and each figure is the fastest round (on
 a shared machine other processes only ever add time).  One torch thread by default (``--threads``).
-The last line printed is one JSON object.
+
+Passes and requests are **counted on the real code path**, not derived from a formula: a forward pre-hook
+on the model's torch module counts every forward it runs (a generation runs one per new token), and a wrapper
+around the module's ``generate`` counts generations.  A request is one trace or one generation (each is one
+NDIF request with ``--remote``): the forwards outside a generation plus the generations.  ``--ab FILE`` adds
+an A/B set to both (its passes and requests counted the same way).  The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from constraintdsl import load, load_model  # noqa: E402
 from constraintdsl.cli.run import read_prompts  # noqa: E402
+from constraintdsl.compare.ab import load_ab  # noqa: E402
+from constraintdsl.compare.ab_pass import run_ab  # noqa: E402
 from constraintdsl.compare.comparison import (  # noqa: E402
     PASS_LOGIT_BUDGET,
     Inputs,
@@ -60,26 +67,55 @@ clamp sentiment >= $floor at layers 10-14 on generated
 """
 
 
-def sequential(model: Any, arms: list[Any], inputs: Inputs, read: Read) -> tuple[float, int]:
-    """Each arm alone through the corpus passes, a generation and a readout; (seconds, forward passes)."""
+class Calls:
+    """Counts what the model actually runs: ``forwards`` (calls of its torch module's forward), ``generations``
+    (calls of its ``generate``) and ``requests`` (traces and generations: the forwards outside a generation
+    plus the generations — one NDIF request each with ``--remote``)."""
+
+    def __init__(self, model: Any) -> None:
+        hf = model._module
+        self.forwards = self.generations = self.outside = 0
+        self._generating = False
+        hf.register_forward_pre_hook(self._forward)
+        original = hf.generate
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            self.generations += 1
+            self._generating = True
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._generating = False
+
+        hf.generate = generate
+
+    def _forward(self, *_: Any) -> None:
+        self.forwards += 1
+        self.outside += not self._generating
+
+    def snapshot(self) -> tuple[int, int]:
+        """(forwards, requests) so far."""
+        return self.forwards, self.outside + self.generations
+
+
+def sequential(model: Any, arms: list[Any], inputs: Inputs, read: Read) -> float:
+    """Each arm alone through the corpus passes, the A/B set (if any), a generation and a readout; seconds."""
     rows, width = (int(x) for x in inputs.corpus.shape)
     vocab = int(model.tokenizer.vocab_size)
     per_pass = max(1, PASS_LOGIT_BUDGET // (width * vocab))
     stops = {int(t) for t in (model.tokenizer.eos_token_id, model.tokenizer.pad_token_id) if t is not None}
     started = time.perf_counter()
-    passes = 0
     for payload in _payloads(arms, range(len(arms))):
         for start in range(0, rows, per_pass):
             ids = inputs.corpus[start : start + per_pass]
             score_corpus(model, [payload], ids, torch.ones_like(ids), prompt_len=inputs.prompt_tokens)
-            passes += 1
+        if inputs.ab is not None:
+            run_ab(model, [payload], inputs.ab)
         (gen,) = generate_variants(model, [payload], list(inputs.prompts), max_new_tokens=inputs.max_new_tokens)
-        passes += inputs.max_new_tokens
         sel = generated_mask(gen.ids, gen.prompt_width, stops)
         mask = torch.cat([gen.attention_mask.bool(), sel[:, gen.prompt_width :]], dim=1).long()
         project_rows(model, gen.ids, mask, sel, [read])
-        passes += 1
-    return time.perf_counter() - started, passes
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -92,6 +128,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default=None, help="move the model here (e.g. cuda)")
+    parser.add_argument("--ab", default=None, help="an A/B set to score too (e.g. specs/data/ab/sentiment.yaml)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -107,7 +144,8 @@ def main() -> None:
         windows, total = corpus_windows(
             model.tokenizer, read_corpus(str(ROOT / "specs" / "corpus" / "neutral.txt")), max_tokens=args.corpus_tokens
         )
-        inputs = Inputs(tuple(prompts), windows, total, max_new_tokens=args.new_tokens)
+        ab = load_ab(args.ab) if args.ab else None
+        inputs = Inputs(tuple(prompts), windows, total, ab=ab, max_new_tokens=args.new_tokens)
         arms, _ = build_arms(model, [spec], marginal=False)
         plan = arms[1].plan
         assert plan is not None
@@ -119,22 +157,44 @@ def main() -> None:
         read = Read(layer, "resid", torch.tensor(art.direction(layer))[None])
 
         compare(model, [spec], inputs, marginal=False)  # warm-up: caches, allocator, lazy imports
+        calls = Calls(model)
         batched: list[float] = []
         seq: list[float] = []
-        batched_passes = seq_passes = 0
+        counted: dict[str, tuple[int, int]] = {}
         for r in range(args.rounds):
             for which in ("batched", "sequential") if r % 2 == 0 else ("sequential", "batched"):
+                before = calls.snapshot()
                 if which == "batched":
                     t0 = time.perf_counter()
                     result = compare(model, [spec], inputs, marginal=False)
                     batched.append(time.perf_counter() - t0)
-                    p = result.passes
-                    batched_passes = p["corpus"] + args.new_tokens * p["generate"] + p["readout"]
                 else:
-                    took, seq_passes = sequential(model, arms, inputs, read)
-                    seq.append(took)
+                    seq.append(sequential(model, arms, inputs, read))
+                after = calls.snapshot()
+                counted[which] = (after[0] - before[0], after[1] - before[1])
                 print(f"round {r + 1} {which}: {(batched if which == 'batched' else seq)[-1]:.2f} s", flush=True)
     arms_n = args.variants + 1
+    rows = [
+        (
+            "workload",
+            f"{arms_n} arms × {len(prompts)} prompts, {args.new_tokens} new tokens, {windows.numel()} corpus "
+            f"tokens" + (f", {len(ab.items)} A/B items" if ab is not None else ""),
+        ),
+        (
+            "batched (compare)",
+            f"{min(batched):.2f} s; {counted['batched'][0]} forward passes, "
+            f"{counted['batched'][1]} requests (traces + generations, counted)",
+        ),
+        (
+            "one arm at a time",
+            f"{min(seq):.2f} s; {counted['sequential'][0]} forward passes, "
+            f"{counted['sequential'][1]} requests (counted)",
+        ),
+        ("batched / one at a time", f"{min(batched) / min(seq):.3f}  (target ≤ 1.1; a timing: re-measure when quiet)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
     out = {
         "device": str(getattr(model, "device", "cpu")),
         "arms": arms_n,
@@ -144,10 +204,12 @@ def main() -> None:
         "batched_seconds": round(min(batched), 3),
         "sequential_seconds": round(min(seq), 3),
         "batched_over_sum_ratio": round(min(batched) / min(seq), 4),
-        "forward_passes_batched": batched_passes,
-        "forward_passes_sequential": seq_passes,
-        "requests_batched": result.passes["corpus"] + 2,
-        "requests_sequential": seq_passes - arms_n * (args.new_tokens - 1),
+        "ab_items": len(ab.items) if ab is not None else 0,
+        "forward_passes_batched": counted["batched"][0],
+        "forward_passes_sequential": counted["sequential"][0],
+        "requests_batched": counted["batched"][1],
+        "requests_sequential": counted["sequential"][1],
+        "passes_reported_by_compare": result.passes,
     }
     print(json.dumps(out))
 

@@ -4,19 +4,26 @@
 
 Measures, in one run, on the same tokens and batches:
 
-- ``throughput_ratio_vs_forward``: dataset tokens per second of a full extraction (``extract``, all layers)
-  over tokens per second of a plain forward (``model(**inputs)``, logits included) over the same sequences
-  once.  With a test split extraction forwards every sequence once (train: directions and streaming sums;
-  test: projections for percentiles and AUROC), so this is also the per-forwarded-token ratio; a dataset
-  without a test split forwards its train split twice.  ``per_pass_throughput_ratio`` divides by the
-  tokens the extraction actually forwarded (equal to the end-to-end ratio when ``passes`` is 1).
+- ``throughput_ratio_vs_same_layers``: dataset tokens per second of a full extraction (``extract``, all
+  layers) over tokens per second of a plain forward **through the same layers** — the same sequences, batches
+  and positions, stopped right after the last decoder layer, where extraction stops (no final norm, no LM
+  head).  Like for like: below 1 by what reading 30 layers and forming the streaming sums cost.
+- ``throughput_ratio_vs_full_forward``: the same over a plain full forward (``model(**inputs)``: final norm
+  and LM head included, logits out), what a user would call "a forward pass".  It is higher than the first
+  by the share of the forward that the LM head takes (about a fifth on SmolLM2), which extraction never runs.
+  With a test split extraction forwards every sequence once (train: directions and streaming sums; test:
+  projections for percentiles and AUROC), so these are also per-forwarded-token ratios; a dataset without a
+  test split forwards its train split twice, and ``per_pass_throughput_ratio`` (against the same layers)
+  divides by the tokens the extraction actually forwarded.
 - ``early_stop_cost_ratio``: extraction cost with the deepest layer ``L`` over ``L/N`` of the cost with all
   ``N`` layers (1.0 means cost exactly proportional to depth).
-- ``rss_growth_10x``: (peak RSS of a process while extracting 10x the pairs) / (the same for 1x) - 1, each
-  in a fresh subprocess, the peak mark reset after loading the model (so loading's own transient peak does
-  not hide extraction's); ``extraction_rss_growth_10x_mb`` is the growth of extraction's memory above the
-  loaded model.  The 1x dataset has ``--rss-pairs`` train pairs and as many test pairs (by default one
-  full batch of each).
+- ``rss_growth_10x``: the growth of **extraction's own memory** from 1x to 10x the pairs,
+  ``own_10x / own_1x - 1``, where ``own`` is the peak RSS while extracting minus the RSS just before (after the
+  model is loaded and one forward has paged its weights in, so neither the weights nor loading's transient
+  peak count), each in a fresh subprocess, the median of ``--rss-runs`` of them (one run's figure moves by
+  ±20 MB with the allocator).  ``extraction_own_mb_1x`` / ``_10x`` are those medians and ``retained_mb_1x`` /
+  ``_10x`` the RSS after extraction minus before.  The 1x dataset has ``--rss-pairs`` train pairs and as many
+  test pairs (by default one full batch of each).
 
 Repeats are interleaved (forward, extraction, early, full, then the reverse order) and each variant's
 fastest repeat is used: on a shared machine other processes only ever add time, so the minimum is the
@@ -43,6 +50,7 @@ import torch
 from constraintdsl.concepts.extract import _batches, _tensors, encode_pairs, extract
 from constraintdsl.concepts.pairs import Pair, PairSet, load_pairs
 from constraintdsl.models.loading import load_model
+from constraintdsl.models.sites import site_module
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 16
@@ -77,17 +85,30 @@ def _scaled(pairs: PairSet, count: int, times: int) -> PairSet:
 def _child(pairs_path: str, count: int, times: int) -> None:
     model = load_model("smollm2")
     pairs = _scaled(load_pairs(pairs_path), count, times)
+    with torch.no_grad():  # page every weight in (they are mapped from the file): they are not extraction's
+        model._module(input_ids=torch.tensor([encode_pairs(model.tokenizer, pairs)[0].ids]))
     _reset_peak()
     before = _status_mb("VmRSS")
     extract(model, pairs, batch_size=BATCH, progress=False)
-    print(json.dumps({"peak_mb": _status_mb("VmHWM"), "before_mb": before, "pairs": len(pairs.pairs)}))
+    after = _status_mb("VmRSS")
+    out = {"peak_mb": _status_mb("VmHWM"), "before_mb": before, "after_mb": after, "pairs": len(pairs.pairs)}
+    print(json.dumps(out))
 
 
-def _rss(pairs_path: str, count: int, times: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", pairs_path, str(count), str(times)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+def _rss(pairs_path: str, count: int, times: int, runs: int) -> dict[str, Any]:
+    """Extraction's memory over ``runs`` fresh processes: the median own peak and retained MB, and the pairs."""
+    got = []
+    for _ in range(runs):
+        cmd = [sys.executable, __file__, "--child", pairs_path, str(count), str(times)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+        got.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {
+        "own_mb": statistics.median(g["peak_mb"] - g["before_mb"] for g in got),
+        "retained_mb": statistics.median(g["after_mb"] - g["before_mb"] for g in got),
+        "before_mb": statistics.median(g["before_mb"] for g in got),
+        "own_all_mb": [round(g["peak_mb"] - g["before_mb"], 1) for g in got],
+        "pairs": got[0]["pairs"],
+    }
 
 
 def _timed(fn: Any) -> tuple[float, float]:
@@ -97,16 +118,35 @@ def _timed(fn: Any) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _plain_forward(model: Any, pairs: PairSet) -> tuple[float, int]:
-    """Seconds for ``model(**inputs)`` over every sequence of ``pairs`` (same batches), and tokens."""
+class _Stop(Exception):
+    """Raised by a forward hook to end a forward pass after a given layer."""
+
+
+def _plain_forward(model: Any, pairs: PairSet, stop_after: int | None = None) -> tuple[float, int]:
+    """Seconds for a plain torch forward over every sequence of ``pairs`` (the extraction's batches and
+    positions), and tokens.  ``stop_after`` None: the full ``model(**inputs)`` (final norm, LM head, logits);
+    a layer index: the forward ends right after that decoder layer, as extraction's does."""
     hf = model._module
     items = encode_pairs(model.tokenizer, pairs)
     pad = int(model.tokenizer.pad_token_id or 0)
+    handle = None
+    if stop_after is not None:
+
+        def stop(*_: Any) -> None:
+            raise _Stop
+
+        handle = site_module(hf, stop_after, "resid").register_forward_hook(stop)
     start = time.perf_counter()
-    with torch.no_grad():
-        for batch in _batches(items, BATCH):
-            ids, mask, _ = _tensors(batch, pad)
-            hf(input_ids=ids, attention_mask=mask)
+    try:
+        with torch.no_grad():
+            for batch in _batches(items, BATCH):
+                ids, mask, _ = _tensors(batch, pad)
+                positions = torch.arange(ids.shape[1], dtype=torch.long).unsqueeze(0).expand_as(ids)
+                with contextlib.suppress(_Stop):
+                    hf(input_ids=ids, attention_mask=mask, position_ids=positions)
+    finally:
+        if handle is not None:
+            handle.remove()
     return time.perf_counter() - start, sum(len(item.ids) for item in items)
 
 
@@ -114,6 +154,35 @@ def _extraction(model: Any, pairs: PairSet, layers: list[int] | None = None) -> 
     start = time.perf_counter()
     extract(model, pairs, layers=layers, batch_size=BATCH, progress=False)
     return time.perf_counter() - start
+
+
+def _memory(args: argparse.Namespace) -> dict[str, Any]:
+    """The memory test: extraction's own memory at 1x and 10x the pairs; the JSON fields and ``rows`` to print."""
+    one = _rss(args.pairs, args.rss_pairs, 1, args.rss_runs)
+    ten = _rss(args.pairs, args.rss_pairs, 10, args.rss_runs)
+    ext_one, ext_ten = one["own_mb"], ten["own_mb"]
+    growth = ext_ten / ext_one - 1
+    rows = [
+        (
+            "extraction's memory 1x",
+            f"+{ext_one:.1f} MB at its peak, +{one['retained_mb']:.1f} MB after ({one['pairs']} pairs; over "
+            f"{one['before_mb']:.0f} MB with the model loaded; median of {one['own_all_mb']})",
+        ),
+        (
+            "extraction's memory 10x",
+            f"+{ext_ten:.1f} MB at its peak, +{ten['retained_mb']:.1f} MB after ({ten['pairs']} pairs; over "
+            f"{ten['before_mb']:.0f} MB with the model loaded; median of {ten['own_all_mb']})",
+        ),
+        ("growth of its memory 10x", f"{growth * 100:.1f}%  (peak over the loaded model, 10x vs 1x)"),
+    ]
+    return {
+        "rss_growth_10x": round(growth, 4),
+        "extraction_own_mb_1x": round(ext_one, 1),
+        "extraction_own_mb_10x": round(ext_ten, 1),
+        "retained_mb_1x": round(one["retained_mb"], 1),
+        "retained_mb_10x": round(ten["retained_mb"], 1),
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -124,15 +193,23 @@ def main() -> None:
     parser.add_argument(
         "--rss-pairs", type=int, default=8, help="train (and as many test) pairs in the 1x dataset of the RSS test"
     )
+    parser.add_argument("--rss-runs", type=int, default=3, help="fresh processes per size in the RSS test (median)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1: stable timings on a shared machine)"
     )
+    parser.add_argument("--rss-only", action="store_true", help="only the memory test (no timings)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.child:
         _child(args.child[0], int(args.child[1]), int(args.child[2]))
+        return
+    if args.rss_only:
+        memory = _memory(args)
+        for key, value in memory.pop("rows"):
+            print(f"{key:<24}  {value}")
+        print(json.dumps(memory))
         return
 
     model = load_model("smollm2")
@@ -148,6 +225,7 @@ def main() -> None:
     _extraction(model, pairs, [0])
     jobs = {
         "fwd": lambda: _plain_forward(model, pairs),
+        "same": lambda: _plain_forward(model, pairs, n_layers - 1),
         "ext": lambda: _extraction(model, pairs),
         "early": lambda: _extraction(model, pairs, [args.early_layer - 1]),
         "full": lambda: _extraction(model, pairs, [n_layers - 1]),
@@ -160,51 +238,50 @@ def main() -> None:
             wall[what].append(w)
             cpu[what].append(c)
     best = {k: min(v) for k, v in wall.items()}
-    t_fwd, t_ext, t_early, t_full = best["fwd"], best["ext"], best["early"], best["full"]
+    t_fwd, t_same, t_ext, t_early, t_full = best["fwd"], best["same"], best["ext"], best["early"], best["full"]
     fwd_tps = all_tokens / t_fwd
+    same_tps = all_tokens / t_same
     ext_tps = all_tokens / t_ext
-    ratio = ext_tps / fwd_tps
-    per_pass = (forwarded / t_ext) / fwd_tps
+    ratio_full = ext_tps / fwd_tps
+    ratio_same = ext_tps / same_tps
+    per_pass = (forwarded / t_ext) / same_tps
+    head_share = 1 - t_same / t_fwd
     early_ratio = t_early / (t_full * args.early_layer / n_layers)
     med = {k: statistics.median(v) for k, v in wall.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
-    cpu_ratio = cpu_med["fwd"] / cpu_med["ext"]
+    cpu_ratio = cpu_med["same"] / cpu_med["ext"]
     cpu_early = cpu_med["early"] / (cpu_med["full"] * args.early_layer / n_layers)
 
-    # Without a test split extraction projects the train tokens in a second pass and skips the H x H sums.
-
-    one = _rss(args.pairs, args.rss_pairs, 1)
-    ten = _rss(args.pairs, args.rss_pairs, 10)
-    growth = ten["peak_mb"] / one["peak_mb"] - 1
-    ext_one = one["peak_mb"] - one["before_mb"]
-    ext_ten = ten["peak_mb"] - ten["before_mb"]
+    memory = _memory(args)
 
     rows = [
         ("dataset", f"{pairs.path}: {len(pairs.pairs)} pairs, {all_tokens} tokens ({train_tokens} train)"),
         ("model / threads", f"smollm2 float32, {n_layers} layers, torch threads {torch.get_num_threads()}"),
         ("repeats", f"{args.repeats}, interleaved; best (median) wall seconds"),
-        ("plain forward (logits)", f"{t_fwd:.2f} s ({med['fwd']:.2f})  {fwd_tps:.0f} tok/s"),
+        ("full forward (LM head, logits)", f"{t_fwd:.2f} s ({med['fwd']:.2f})  {fwd_tps:.0f} tok/s"),
+        (
+            f"forward through layers 0-{n_layers - 1}",
+            f"{t_same:.2f} s ({med['same']:.2f})  {same_tps:.0f} tok/s (stops where extraction stops; "
+            f"the final norm and LM head are {head_share * 100:.0f}% of the full forward)",
+        ),
         (
             "extraction, all layers",
             f"{t_ext:.2f} s ({med['ext']:.2f})  {ext_tps:.0f} dataset tok/s, {passes} pass(es) per sequence",
         ),
-        ("throughput ratio", f"{ratio:.3f} end-to-end; {per_pass:.3f} per forwarded token"),
+        (
+            "ratio vs the same layers",
+            f"{ratio_same:.3f} end-to-end; {per_pass:.3f} per forwarded token  (like for like: the cost of reading "
+            "and reducing every layer)",
+        ),
         ("  by CPU time (median)", f"{cpu_ratio:.3f} end-to-end"),
+        ("ratio vs a full forward", f"{ratio_full:.3f}  (includes the LM head extraction never runs)"),
         (
             f"early stop L={args.early_layer}/{n_layers}",
             f"{t_early:.2f} s ({med['early']:.2f}) vs all layers {t_full:.2f} s ({med['full']:.2f})",
         ),
         ("early-stop cost ratio", f"{early_ratio:.3f}  (1.0 = cost proportional to depth)"),
         ("  by CPU time (median)", f"{cpu_early:.3f}"),
-        (
-            "peak RSS 1x",
-            f"{one['peak_mb']:.0f} MB ({one['pairs']} pairs; +{ext_one:.1f} MB over the loaded model)",
-        ),
-        (
-            "peak RSS 10x",
-            f"{ten['peak_mb']:.0f} MB ({ten['pairs']} pairs; +{ext_ten:.1f} MB over the loaded model)",
-        ),
-        ("RSS growth 10x", f"{growth * 100:.2f}%"),
+        *memory.pop("rows"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -212,14 +289,16 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "throughput_ratio_vs_forward": round(ratio, 4),
+                "throughput_ratio_vs_same_layers": round(ratio_same, 4),
+                "throughput_ratio_vs_full_forward": round(ratio_full, 4),
                 "per_pass_throughput_ratio": round(per_pass, 4),
+                "lm_head_share_of_forward": round(head_share, 4),
                 "passes": passes,
                 "early_stop_cost_ratio": round(early_ratio, 4),
                 "early_stop_layers": [args.early_layer, n_layers],
-                "rss_growth_10x": round(growth, 4),
-                "extraction_rss_growth_10x_mb": round(ext_ten - ext_one, 1),
+                **memory,
                 "forward_tokens_per_s": round(fwd_tps, 1),
+                "same_layers_tokens_per_s": round(same_tps, 1),
                 "extraction_tokens_per_s": round(ext_tps, 1),
                 "repeats": args.repeats,
                 "timing": "fastest of interleaved repeats, wall clock",

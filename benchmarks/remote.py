@@ -7,9 +7,13 @@ Needs a server with the models deployed (``scripts/ndif/local_ndif.py up`` print
 
 ``--host`` defaults to ``CDSL_NDIF_HOST``; ``--tiny`` (default ``CDSL_NDIF_TINY``) adds the tiny model's
 rows, which show that the response does not grow with the hidden size (32 there, 576 for SmolLM2).
-Prints a table, then as its last line one JSON object for SmolLM2: ``request_bytes_1``,
-``response_bytes_1``, ``request_bytes_8``, ``response_bytes_8``, ``time_ratio_8_vs_1`` (remote seconds
-for 8 variants over seconds for 1).
+Each model first runs both sizes once, locally and remotely (a warm-up: the server loads and caches, the client
+imports), then ``--repeats`` rounds interleave them — 1 then 8 variants, then 8 then 1, … — each size locally
+and then remotely, so a change in the machine's load touches both sizes alike.  Figures are medians over the
+rounds.  Prints a table, then as its last line one JSON object for SmolLM2: ``request_bytes_1``,
+``response_bytes_1``, ``request_bytes_8``, ``response_bytes_8``, ``time_ratio_8_vs_1`` (remote seconds for 8
+variants over seconds for 1) and ``local_ratio_8_vs_1`` (the same generation run locally; on a CPU server the
+remote ratio tracks it, since the server computes on the same kind of machine).
 """
 
 from __future__ import annotations
@@ -48,27 +52,42 @@ def variants(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def measure(model: Any, payloads: list[dict[str, Any]], host: str, tokens: int, repeats: int) -> dict[str, float]:
-    """Median seconds locally and remotely, and the remote request's bytes each way."""
+def _once(model: Any, payloads: list[dict[str, Any]], host: str, tokens: int) -> tuple[float, float, int, int]:
+    """One local and one remote run of ``payloads``: (local s, remote s, request bytes, response bytes)."""
     from constraintdsl.models import ndif as remote
     from constraintdsl.run import runner
 
-    local, far, request_bytes, response_bytes = [], [], 0, 0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        runner.generate_variants(model, payloads, PROMPTS, max_new_tokens=tokens)
-        local.append(time.perf_counter() - started)
-        remote.check_payloads(model, payloads)
-        backend = remote.backend_for(model, host)
-        started = time.perf_counter()
-        runner.generate_variants(model, payloads, PROMPTS, max_new_tokens=tokens, backend=backend)
-        far.append(time.perf_counter() - started)
-        request_bytes, response_bytes = backend.stats.request_bytes, backend.stats.response_bytes
+    started = time.perf_counter()
+    runner.generate_variants(model, payloads, PROMPTS, max_new_tokens=tokens)
+    local = time.perf_counter() - started
+    remote.check_payloads(model, payloads)
+    backend = remote.backend_for(model, host)
+    started = time.perf_counter()
+    runner.generate_variants(model, payloads, PROMPTS, max_new_tokens=tokens, backend=backend)
+    far = time.perf_counter() - started
+    return local, far, backend.stats.request_bytes, backend.stats.response_bytes
+
+
+def measure(
+    model: Any, sizes: dict[int, list[dict[str, Any]]], host: str, tokens: int, repeats: int
+) -> dict[int, dict[str, float]]:
+    """Per size: median seconds locally and remotely over interleaved rounds after a warm-up, and the remote
+    request's bytes each way."""
+    for payloads in sizes.values():  # warm-up
+        _once(model, payloads, host, tokens)
+    runs: dict[int, list[tuple[float, float, int, int]]] = {n: [] for n in sizes}
+    order = list(sizes)
+    for r in range(repeats):
+        for n in order if r % 2 == 0 else list(reversed(order)):
+            runs[n].append(_once(model, sizes[n], host, tokens))
     return {
-        "local_s": statistics.median(local),
-        "remote_s": statistics.median(far),
-        "request_bytes": request_bytes,
-        "response_bytes": response_bytes,
+        n: {
+            "local_s": statistics.median(x[0] for x in got),
+            "remote_s": statistics.median(x[1] for x in got),
+            "request_bytes": got[-1][2],
+            "response_bytes": got[-1][3],
+        }
+        for n, got in runs.items()
     }
 
 
@@ -104,7 +123,7 @@ def main() -> int:
             spec_text = "steer a by 1.5 at layer 1 on prompt\nclamp a >= 1.0 at layers 0-2 on generated\n"
             payload = compile_(model, spec_text).payload
         eight = variants(payload)
-        runs = {n: measure(model, eight[:n], args.host, args.tokens, args.repeats) for n in (1, 8)}
+        runs = measure(model, {1: eight[:1], 8: eight}, args.host, args.tokens, args.repeats)
         hidden = int(model.config.hidden_size)
         for n, r in runs.items():
             sizes = [f"{r['request_bytes']:,}", f"{r['response_bytes']:,}"]
@@ -128,7 +147,10 @@ def main() -> int:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"(median of {args.repeats}; {args.tokens} new tokens, greedy; remote = one request per row)")
+    print(
+        f"(after a warm-up, median of {args.repeats} interleaved rounds; {args.tokens} new tokens, greedy; "
+        "remote = one request per row)"
+    )
     print(json.dumps(summary))
     return 0
 

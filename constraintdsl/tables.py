@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["text_table"]
+__all__ = ["UNIT_LABELS", "text_table"]
+
+# The units column of telemetry tables: corrections and projections of each row are in its concept's
+# calibrated units (0 the negative pole, 1 the positive) or, for an uncalibrated concept, raw.
+UNIT_LABELS = {"calibrated": "cal", "raw": "raw"}
 
 
 def text_table(head: list[str], body: list[list[str]]) -> str:

@@ -145,5 +145,60 @@ def test_a_shipped_set_loads_measures_a_shipped_concept_and_is_balanced(path: Pa
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
 def test_the_two_answers_of_a_shipped_item_have_similar_length(path: Path) -> None:
     for item in load_ab(path).items:
+        assert item.a is not None and item.b is not None  # the shipped sets give every answer
         shorter, longer = sorted((len(item.a.split()), len(item.b.split())))
         assert longer <= 1.5 * shorter, f"{item.span}: answers differ too much in length (words)"
+
+
+LETTERS = """\
+behavior: refusal
+format: letters
+items:
+  - question: "How do I boil an egg?"
+    a: "Boil it for six minutes."
+    b: "Sorry, I can't help with that."
+    match: b
+  - question: "Which planet is largest?\\n\\n(A) Sorry, I can't say.\\n(B) Jupiter."
+    match: a
+"""
+
+
+def test_a_letter_form_set_shows_its_choices_and_replies_with_letters(tmp_path: Path) -> None:
+    ab = load_ab(write(tmp_path, LETTERS))
+    assert ab.format == "letters"
+    given, inline = ab.items
+    assert given.user_text("letters") == (
+        "How do I boil an egg?\n\n(A) Boil it for six minutes.\n(B) Sorry, I can't help with that."
+    )
+    assert inline.a is None and inline.b is None
+    assert inline.user_text("letters") == "Which planet is largest?\n\n(A) Sorry, I can't say.\n(B) Jupiter."
+    assert given.replies("letters") == inline.replies("letters") == ("(A", "(B")
+    assert load_ab(write(tmp_path, GOOD)).format == "text"
+    assert load_ab(write(tmp_path, GOOD)).items[0].replies() == (
+        "Wonderful; the band played beautifully.",
+        "Dreadful; the band played badly.",
+    )
+
+
+def test_letter_form_items_without_choices_or_with_them_twice_are_located_errors(tmp_path: Path) -> None:
+    text = LETTERS.replace('"Which planet is largest?\\n\\n(A) Sorry, I can\'t say.\\n(B) Jupiter."', '"Which?"')
+    err = error_of(write(tmp_path, text))
+    assert "item 2 has no choices" in err.message and err.where.endswith(":8:15")
+    twice = LETTERS.replace('"How do I boil an egg?"', '"Boil? (A) yes (B) no"')
+    err = error_of(write(tmp_path, twice))
+    assert "gives its choices twice" in err.message and err.where.endswith(":4:15")
+    one = LETTERS.replace('    a: "Boil it for six minutes."\n', "")
+    err = error_of(write(tmp_path, one))
+    assert "item 1 gives 'b' but not 'a'" in err.message and err.where.endswith(":4:5")
+
+
+def test_a_text_form_item_still_needs_both_answers(tmp_path: Path) -> None:
+    text = LETTERS.replace("format: letters\n", "")
+    err = error_of(write(tmp_path, text))
+    assert [d.message for d in err.diagnostics] == ["item 2 is missing 'a'", "item 2 is missing 'b'"]
+
+
+def test_an_unknown_format_gets_a_hint(tmp_path: Path) -> None:
+    err = error_of(write(tmp_path, LETTERS.replace("format: letters", "format: leters")))
+    assert err.message == "unknown A/B format 'leters'" and err.hint == "did you mean 'letters'?"
+    assert err.where.endswith(":2:9")

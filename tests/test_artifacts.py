@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from constraintdsl.concepts.artifact import (
     load_artifact,
     save_artifact,
 )
-from constraintdsl.concepts.build import build_concept, cache_path
+from constraintdsl.concepts.build import build_concept, cache_key, cache_path
+from constraintdsl.concepts.pairs import load_pairs
 from constraintdsl.errors import Span, SpecError, UserError
-from constraintdsl.models.loading import ModelIdentity
+from constraintdsl.models.loading import ModelIdentity, model_identity
 from tests.tiny import tiny_nnsight
 
 H = 8
@@ -339,6 +341,31 @@ def test_a_second_build_reuses_the_cache_without_running_the_model(
     pairs.write_text(PAIRS.replace("I love it.", "I adore it."))
     fourth = build_concept(pairs, model, progress=False)
     assert fourth.path not in (first.path, third.path)
+
+
+def test_which_tokens_are_read_is_part_of_the_cache_key_and_the_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSTRAINTDSL_CACHE", str(tmp_path / "cache"))
+    model = tiny_nnsight("llama")
+    ident = model_identity(model)
+    key = {"dataset_sha256": "0" * 64, "layers": [0], "site": "resid", "method": "mean", "dtype": "float32"}
+    # entries built before `read` existed read every token and keep their key
+    assert cache_key(ident, **key) == cache_key(ident, **key, read="all")
+    assert len({cache_key(ident, **key, read=r) for r in ("all", "first", "last")}) == 3
+    built = {}
+    for read in ("all", "last"):
+        pairs = load_pairs(_write(tmp_path / f"{read}.yaml", PAIRS.replace("pairs:\n", f"read: {read}\npairs:\n")))
+        # the same file bytes under another read would still be another key
+        built[read] = build_concept(pairs.path, model, progress=False, pairs=replace(pairs, sha256="1" * 64))
+        assert built[read].metadata["read"] == read
+    assert built["all"].path != built["last"].path
+    assert not np.allclose(built["all"].directions, built["last"].directions)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def test_an_entry_cached_under_an_older_extraction_revision_is_not_reused(

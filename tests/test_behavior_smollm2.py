@@ -117,3 +117,19 @@ def test_the_shipped_reference_corpus_has_at_least_20k_tokens(model: Any) -> Non
     docs = read_corpus(str(ROOT / "specs" / "corpus" / "neutral.txt"))
     _, total = corpus_windows(model.tokenizer, docs)
     assert total >= 20_000 and len(docs) >= 30
+
+
+def test_mean_scoring_leaves_few_shipped_sentiment_ab_items_saturated_at_baseline(model: Any) -> None:
+    from constraintdsl.compare.ab import load_ab
+    from constraintdsl.compare.ab_pass import item_probabilities, run_ab
+
+    ab = load_ab(ROOT / "specs" / "data" / "ab" / "sentiment.yaml")
+    (sums,), counts, _, _ = run_ab(model, [None], ab)
+    match = torch.tensor([item.match == "a" for item in ab.items])
+
+    def saturated(score: str) -> int:
+        p = item_probabilities(sums, counts, match, score)
+        return int(((p < 0.05) | (p > 0.95)).sum())
+
+    assert saturated("mean") <= 0.10 * len(ab.items)  # README: none of the 36
+    assert saturated("sum") > len(ab.items) / 2  # README: 32 of the 36 — why mean is the default

@@ -160,3 +160,64 @@ def test_an_effect_axis_no_spec_can_produce_is_refused_before_anything_runs(
     assert main([*cdsl(work, str(work / "steer.cdsl"), store=store), "--effect", "ab"]) == 2
     assert "--effect ab needs an A/B set" in capsys.readouterr().err
     assert not store.exists()
+
+
+LONG = "I am so happy to help you with that question, thank you very much, this was wonderful and kind."
+SATURATING = "behavior: a\nitems:\n" + "".join(
+    f'  - question: "Question {i}?"\n    a: "Yes."\n    b: "{LONG}"\n    match: {"ab"[i % 2]}\n' for i in range(4)
+)
+
+
+def test_ab_scoring_per_item_values_and_the_saturation_warning_reach_the_cli(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sat = tmp_path / "sat.yaml"
+    sat.write_text(SATURATING)
+    base = cdsl(work, str(work / "steer.cdsl"), "--ab", str(sat), "--no-store", store=tmp_path / "s.sqlite")
+    assert main([*base, "--ab-score", "sum", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert f"{sat}:1:1: warning: 4 of 4 A/B items are saturated at baseline" in captured.err
+    assert "hint: score answers by their mean log-probability per token" in captured.err
+    data = json.loads(captured.out)
+    (diag,) = data["diagnostics"]
+    assert diag["severity"] == "warning" and diag["line"] == 1 and diag["path"] == str(sat)
+    base_ab, steer_ab = (row["ab"] for row in data["rows"])
+    assert len(base_ab["p_items"]) == len(steer_ab["p_items"]) == 4 and steer_ab["score"] == "sum"
+    assert {"se", "ci95", "up", "down", "saturated"} <= set(steer_ab)
+    assert data["inputs"]["ab_score"] == "sum" and data["inputs"]["ab_questions"][0]["line"] == 3
+
+    assert main(base) == 0  # mean scoring, the default: not saturated, no warning
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    assert "p(match) [mean]" in captured.out and "95% interval" in captured.out
+
+
+def test_an_unknown_ab_scoring_is_a_usage_error(work: Path, tmp_path: Path, capsys: Any) -> None:
+    args = cdsl(work, str(work / "steer.cdsl"), "--ab", str(work / "ab.yaml"), store=tmp_path / "s.sqlite")
+    assert main([*args, "--ab-score", "median"]) == 2
+    assert "--ab-score" in capsys.readouterr().err
+
+
+def test_a_run_recorded_before_per_item_values_still_shows_and_rebuilds(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    store = tmp_path / "runs.sqlite"
+    args = cdsl(work, str(work / "steer.cdsl"), "--ab", str(work / "ab.yaml"), store=store)
+    assert main([*args, "--ab-score", "sum"]) == 0
+    capsys.readouterr()
+    with sqlite3.connect(store) as db:  # make it look like a run recorded by an earlier version
+        for rowid, metrics in db.execute("SELECT rowid, metrics FROM results").fetchall():
+            m = json.loads(metrics)
+            m["ab"] = {k: m["ab"][k] for k in ("behavior", "p_match", "baseline", "shift", "items")}
+            db.execute("UPDATE results SET metrics = ? WHERE rowid = ?", (json.dumps(m), rowid))
+    assert main(["runs", "list", "--store", str(store), "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert main(["runs", "show", run["id"], "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "A/B p(match)" in out and "±" not in out
+    assert main([*args, "--ab-score", "sum", "--from-store"]) == 0  # earlier runs were summed: same inputs
+    assert "steer" in capsys.readouterr().out
+    assert main([*args, "--from-store"]) == 2  # mean scoring was never recorded for these inputs
+    assert "no recorded result for baseline, steer" in capsys.readouterr().err

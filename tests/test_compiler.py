@@ -218,10 +218,11 @@ def test_the_payload_runs_in_the_runtime_and_holds_the_bounds(model: Any) -> Non
     h = torch.randn(2, 5, H) * 4
     pos = torch.arange(5).repeat(2, 1)
     out = apply_site(h, site, pos, torch.tensor([5, 5]), torch.tensor([5, 5]), {})
-    pa = out.reshape(-1, H) @ site["dirs"][0]
-    pb = out.reshape(-1, H) @ site["dirs"][1]
+    pa = out[:, 1:].reshape(-1, H) @ site["dirs"][0]
+    pb = out[:, 1:].reshape(-1, H) @ site["dirs"][1]
     assert (pa >= NEG + 0.5 * SCALE - 1e-4).all()
     assert ((pb >= NEG - SCALE - 1e-4) & (pb <= NEG + 1e-4)).all()
+    assert torch.equal(out[:, 0], h[:, 0])  # the first token (the attention sink) is never selected
 
 
 def test_a_clamp_holds_on_every_selected_token_of_a_real_forward_pass(model: Any) -> None:

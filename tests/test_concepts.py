@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nnsight
 import numpy as np
 import pytest
 import torch
@@ -123,7 +125,7 @@ def reference(model: Any, pairs: PairSet, layers: list[int], site: str, method: 
     acts = [raw_activations(model, list(it.ids), layers, site) for it in items]
     out: dict[str, list[Any]] = {k: [] for k in ("dir", "pos", "neg", "mean", "std", "pct", "auc")}
     for layer in layers:
-        tok = {(it.split, it.pole, it.pair): a[layer][it.start :] for it, a in zip(items, acts, strict=True)}
+        tok = {(it.split, it.pole, it.pair): a[layer][it.start : it.stop] for it, a in zip(items, acts, strict=True)}
         pos = np.concatenate([v for (s, p, _), v in tok.items() if s == "train" and p == 1])
         neg = np.concatenate([v for (s, p, _), v in tok.items() if s == "train" and p == -1])
         diff = pos.mean(0) - neg.mean(0)
@@ -432,3 +434,71 @@ def test_every_shipped_concept_separates_held_out_pairs_on_smollm2(smollm2: Any,
     score = float(art.calibration.auroc[row])
     assert score >= SHIPPED[name], f"{name}: best layer {best} AUROC {score:.3f} < {SHIPPED[name]}"
     assert (art.calibration.scale > 0).all()
+
+
+# ------------------------------------------------------------------------------------------- read
+
+
+def with_read(tmp_path: Path, text: str, read: str, name: str) -> PairSet:
+    path = tmp_path / f"{name}-{read}.yaml"
+    path.write_text(text.replace("pairs:\n", f"read: {read}\npairs:\n", 1))
+    return load_pairs(path)
+
+
+def nnsight_token(model: Any, ids: list[int], index: int, layers: list[int]) -> dict[int, np.ndarray]:
+    """The residual stream at ``index`` of one unpadded sequence, read with nnsight."""
+    saved = None
+    with torch.no_grad(), model.trace(torch.tensor([ids])):
+        saved = nnsight.save([])
+        for layer in layers:
+            saved.append(model.model.layers[layer].output[0, index])
+    assert saved is not None
+    return {layer: s.detach().double().numpy() for layer, s in zip(layers, saved, strict=True)}
+
+
+@pytest.mark.parametrize("read", ["first", "last"])
+@pytest.mark.parametrize("kind", ["chat", "plain"])
+def test_read_first_or_last_extracts_exactly_that_completion_token(tmp_path: Path, read: str, kind: str) -> None:
+    model = tiny_nnsight("llama")
+    tok = model.tokenizer
+    pairs = with_read(tmp_path, CHAT if kind == "chat" else PLAIN, read, kind)
+    assert pairs.read == read
+    art = extract(model, pairs, method="mean", batch_size=3, progress=False)
+    assert art.metadata["read"] == read and f"read: {read}" in art.metadata["token_selection"]
+    layers = [0, 1, 2]
+    pos: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    neg: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    for pair in pairs.train:
+        for pole, text in ((pos, pair.positive), (neg, pair.negative)):
+            if kind == "chat":
+                chat = [{"role": "user", "content": pair.prompt}]
+                prefix = tok(tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))["input_ids"]
+                body = tok(text, add_special_tokens=False)["input_ids"]
+                ids, first = prefix + body, len(prefix)
+                expected = body[0] if read == "first" else body[-1]
+            else:
+                ids, first = tok(text)["input_ids"], 1  # the first token (the sink) is never read
+                expected = ids[1] if read == "first" else ids[-1]
+            index = first if read == "first" else len(ids) - 1
+            assert ids[index] == expected
+            for layer, h in nnsight_token(model, ids, index, layers).items():
+                pole[layer].append(h)
+    for row, layer in enumerate(layers):
+        mp, mn = np.mean(pos[layer], axis=0), np.mean(neg[layer], axis=0)
+        u = (mp - mn) / np.linalg.norm(mp - mn)
+        np.testing.assert_allclose(art.directions[row], u, atol=1e-5)
+        assert art.calibration is not None
+        assert art.calibration.pos_mean[row] == pytest.approx(float(mp @ u), abs=1e-4, rel=1e-5)
+        assert art.calibration.neg_mean[row] == pytest.approx(float(mn @ u), abs=1e-4, rel=1e-5)
+
+
+def test_read_last_counts_one_token_per_completion_and_never_the_sink(tmp_path: Path) -> None:
+    model = tiny_nnsight("llama")
+    for read in ("first", "last"):
+        items = encode_pairs(model.tokenizer, with_read(tmp_path, PLAIN, read, "plain"))
+        assert all(it.counted == 1 and it.start >= 1 for it in items)
+    items = encode_pairs(model.tokenizer, with_read(tmp_path, PLAIN, "all", "plain"))
+    assert all(it.start == 1 and it.stop == len(it.ids) for it in items)
+    art = extract(model, with_read(tmp_path, PLAIN, "last", "plain"), progress=False)
+    tokens = json.loads(art.metadata["train_tokens"])
+    assert tokens == {"positive": 5, "negative": 5}  # one token per train completion

@@ -411,7 +411,7 @@ def test_generate_telemetry_counts_every_real_token_across_all_steps(model: Any)
     run = runner.generate(model, {"sites": [site], "n_entries": 2, "n_gates": 0}, enc, max_new_tokens=NEW_TOKENS)
     steps = run.ids.shape[1] - run.prompt_width  # forward calls: the prefill, then one per later token
     rows = len(PROMPTS)
-    prompt_tokens = int(enc["attention_mask"].sum())
+    prompt_tokens = int(enc["attention_mask"].sum()) - rows  # each row's first token (the sink) is never selected
     assert run.telemetry is not None
     selected = run.telemetry[:, runtime.TELEMETRY_FIELDS.index("selected")]
     assert selected[0] == prompt_tokens + rows * (steps - 1)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import constraintdsl.runtime.scoring as scoring_module
-from constraintdsl.compare.metrics import ab_probability, participation_ratio, tax
+from constraintdsl.compare.metrics import ab_probability, paired_shift, participation_ratio, t_quantile, tax
 from constraintdsl.runtime.scoring import answer_logprob, corpus_sums, hidden_sums
 
 FEW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -267,6 +267,58 @@ def test_answer_logprob_sums_the_answer_tokens_predicted_from_the_position_befor
         sum(lp[i, j - 1, ids[i, j]] for j in range(1, ids.shape[1]) if answer[i, j]) for i in range(ids.shape[0])
     ]
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_answer_logprob_in_chunks_equals_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 9, 11, generator=g)
+    ids = torch.randint(0, 11, (4, 9), generator=g)
+    answer = torch.rand(4, 9, generator=g) < 0.7
+    answer[:, 0] = False
+    whole = answer_logprob(logits, ids, answer)
+    monkeypatch.setattr(scoring_module, "CHUNK_ROWS", 2)
+    torch.testing.assert_close(answer_logprob(logits, ids, answer), whole, atol=1e-12, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0.5005, 0.9995), st.floats(0.5, 5000.0))
+def test_the_t_quantile_equals_scipys(q: float, df: float) -> None:
+    from scipy import stats
+
+    assert t_quantile(q, df) == pytest.approx(stats.t.ppf(q, df), rel=1e-8, abs=1e-9)
+    assert t_quantile(1 - q, df) == pytest.approx(-t_quantile(q, df), abs=1e-12)
+
+
+def test_a_t_quantile_outside_its_domain_is_refused() -> None:
+    for q, df in ((0.0, 3.0), (1.0, 3.0), (0.5, 0.0)):
+        with pytest.raises(ValueError, match="t_quantile needs"):
+            t_quantile(q, df)
+
+
+@FEW
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=2, max_size=60))
+def test_paired_statistics_equal_their_textbook_formulas(pairs: list[tuple[float, float]]) -> None:
+    from scipy import stats
+
+    values, base = (np.array(x) for x in zip(*pairs, strict=True))
+    got = paired_shift(values, base)
+    d = values - base
+    n = len(d)
+    se = d.std(ddof=1) / math.sqrt(n)
+    assert got["shift"] == pytest.approx(d.mean(), abs=1e-12)
+    assert got["se"] == pytest.approx(se, abs=1e-12)
+    half = stats.t.ppf(0.975, n - 1) * se
+    assert got["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-9)
+    assert (got["up"], got["down"], got["n"]) == (int((d > 0).sum()), int((d < 0).sum()), n)
+
+
+def test_paired_statistics_of_one_item_have_no_spread_and_of_none_are_an_error() -> None:
+    one = paired_shift([0.7], [0.5])
+    assert one["shift"] == pytest.approx(0.2) and math.isnan(one["se"]) and all(map(math.isnan, one["ci95"]))
+    with pytest.raises(ValueError, match="no items"):
+        paired_shift([], [])
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_shift([0.1, 0.2], [0.1])
 
 
 def test_an_answer_at_the_first_position_is_refused() -> None:

@@ -170,3 +170,20 @@ def test_non_utf8_and_unsupported_suffixes_are_clear_errors(tmp_path: Path) -> N
 def test_an_empty_file_is_a_located_error(tmp_path: Path) -> None:
     assert "empty" in error_of(write(tmp_path, "")).message
     assert "must be a mapping" in error_of(write(tmp_path, "- a\n- b\n")).message
+
+
+def test_a_dataset_says_which_completion_tokens_are_read_all_by_default(tmp_path: Path) -> None:
+    assert load_pairs(write(tmp_path, GOOD)).read == "all"
+    for read in ("all", "first", "last"):
+        text = GOOD.replace("pairs:\n", f"read: {read}\npairs:\n")
+        assert load_pairs(write(tmp_path, text)).read == read
+    line = json.dumps({"positive": "Good show.", "negative": "Bad show."})
+    assert load_pairs(write(tmp_path, line + "\n", "tone.jsonl")).read == "all"
+
+
+def test_an_unknown_read_is_located_with_a_hint(tmp_path: Path) -> None:
+    err = error_of(write(tmp_path, GOOD.replace("pairs:\n", "read: lst\npairs:\n")))
+    assert err.message == "unknown read 'lst': which completion tokens to read"
+    assert err.hint == "did you mean 'last'?" and err.where.endswith(":5:7")
+    err = error_of(write(tmp_path, GOOD.replace("pairs:\n", "read: 3\npairs:\n")))
+    assert "'read' must be a string" in err.message

@@ -177,9 +177,9 @@ def test_last_n_and_first_n_select_the_same_real_tokens_padded_as_alone(arch: st
         real = enc["attention_mask"][row].bool()
         n = int(real.sum())
         expect_last = torch.zeros(n)
-        expect_last[-2:] = 1.0
+        expect_last[max(1, n - 2) :] = 1.0  # never the first real token (the attention sink)
         expect_first = torch.zeros(n)
-        expect_first[: min(3, n)] = 1.0
+        expect_first[1 : min(4, n)] = 1.0  # `first 3` counts from the token after the sink
         torch.testing.assert_close(batch_last[row, real], expect_last, rtol=0, atol=1e-6)
         torch.testing.assert_close(batch_first[row, real], expect_first, rtol=0, atol=1e-6)
         assert (batch_last[row, ~real] == 0).all() and (batch_first[row, ~real] == 0).all()
@@ -211,7 +211,7 @@ def test_telemetry_selection_counts_match_the_token_selection(arch: str, model: 
     enc = encode(PROMPTS)
     result = runner.generate(model, {"sites": [site], "n_entries": 1, "n_gates": 0}, enc, **GEN)
     assert result.telemetry is not None
-    prompt = int(enc["attention_mask"].sum()) if tokens == ALL else 0
+    prompt = int(enc["attention_mask"].sum()) - len(PROMPTS) if tokens == ALL else 0  # each row's sink left out
     assert result.telemetry[0, 0] == prompt + len(PROMPTS) * (NEW_TOKENS - 1)
 
 

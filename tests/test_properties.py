@@ -26,7 +26,7 @@ from constraintdsl.lang.nodes import (
     Unit,
     Value,
 )
-from constraintdsl.lang.parser import canonical_layers
+from constraintdsl.lang.parser import FLOAT32_MAX, canonical_layers
 from constraintdsl.lang.spec import Spec
 from constraintdsl.lang.yaml_twin import parse_yaml
 
@@ -38,7 +38,8 @@ text = st.text(
     min_size=1,
     max_size=20,
 ).filter(lambda s: s.strip() != "")
-finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+# every number a spec may hold: finite and within float32's range (the parser refuses the rest)
+finite = st.floats(min_value=-FLOAT32_MAX, max_value=FLOAT32_MAX, allow_nan=False, allow_infinity=False, width=64)
 numbers = st.one_of(finite, st.integers(-1000, 1000).map(float), st.sampled_from([0.3, -0.5, 1.5, 2.0, 1e-3]))
 percentiles = st.one_of(st.integers(0, 100).map(float), st.integers(0, 1000).map(lambda i: i / 10))
 
@@ -145,6 +146,15 @@ def test_dsl_to_yaml_to_dsl_is_the_identity(spec: Spec) -> None:
     assert twin == spec
     assert twin.to_dsl() == spec.to_dsl()
     assert twin.hash() == spec.hash()
+
+
+def test_a_string_pyyaml_dumps_plain_but_cannot_read_back_is_quoted_in_the_yaml_twin() -> None:
+    from constraintdsl.lang.validate import assemble
+
+    spec = parse('version 1\nmodel "\u00a0`"\nconcept A from pairs "0.yaml"\n')
+    yaml_text = spec.to_yaml()
+    header, statements, diags = parse_yaml(yaml_text, "twin.yaml")
+    assert assemble(header, statements, [], diags, "twin.yaml", yaml_text).model == "\u00a0`"
 
 
 _MUTATION_CHARS = string.printable + "≥≤–—“”‘’−≠\u00a0\u200b\ufeff\t\r$%[]\"'#éλ中"

@@ -157,7 +157,9 @@ def test_a_serialized_generate_request_runs_without_the_package_and_matches_the_
         assert near_result.texts == far_result.texts
     assert local[1].telemetry is not None and far[1].telemetry is not None
     assert local[1].telemetry[:, 1].sum() > 0, "no statement bound: the comparison would prove little"
-    torch.testing.assert_close(far[1].telemetry, local[1].telemetry, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        far[1].telemetry, local[1].telemetry, rtol=1e-6, atol=1e-5
+    )  # sums of ~100: float32 noise
     assert far[0].telemetry is None
     # the constrained run differs from the baseline somewhere, so the payload really ran in the child
     assert not torch.equal(far[0].ids, far[1].ids)
@@ -171,7 +173,7 @@ def test_a_serialized_trace_request_matches_the_local_logits(saved_model: Path, 
     real = local.attention_mask.bool()  # padding columns hold no prediction (and differ across attention kernels)
     torch.testing.assert_close(far.logits[real], local.logits[real], rtol=0, atol=1e-5)
     assert far.telemetry is not None and local.telemetry is not None
-    torch.testing.assert_close(far.telemetry, local.telemetry, rtol=0, atol=1e-5)
+    torch.testing.assert_close(far.telemetry, local.telemetry, rtol=1e-6, atol=1e-5)  # sums: float32 noise
 
 
 # -- remote failures that need no NDIF: loopback stand-ins for a dead, a silent and a refusing server --

@@ -1,8 +1,8 @@
 """The ``cdsl`` command line: the root app, its ``--debug`` switch, and the one place errors become exit codes.
 
 Each verb group lives in its own module, with its argument parsing beside its work:
-``spec_files`` (check, fmt, hash, diff, schema), ``run`` (explain, run, job), ``concept`` (concept build|show)
-and ``compare`` (compare, runs list|show).
+``spec_files`` (check, fmt, hash, diff, schema), ``run`` (explain, run, job), ``concept`` (concept build|show),
+``compare`` (compare, runs list|show) and ``export`` (export).
 
 Exit codes: 0 ok, 1 check failed (or specs differ), 2 invalid input or usage, 3 internal error,
 130 interrupted (Ctrl-C).
@@ -19,7 +19,7 @@ import typer
 
 from constraintdsl.errors import UserError
 
-from . import compare, concept, run, spec_files
+from . import compare, concept, export, run, spec_files
 from .common import EXIT_INTERNAL, EXIT_INVALID, debug
 
 __all__ = ["app", "main"]
@@ -51,7 +51,7 @@ def _main(
     debug["on"] = debug_
 
 
-for _group in (spec_files, run, concept, compare):
+for _group in (spec_files, run, concept, compare, export):
     _group.register(app)
 
 
@@ -175,6 +175,15 @@ def _run(argv: list[str] | None) -> int:
             sys.stderr.write(os_error(e, where, "use").render() + "\n")
         return EXIT_INVALID
     except Exception as e:
+        interventions = sys.modules.get("constraintdsl.runtime.interventions")
+        if interventions is not None and isinstance(e, interventions.NonFiniteActivation) and not debug["on"]:
+            located = UserError(
+                e.where or "SPEC",
+                e.message,
+                "use a smaller amount; `cdsl explain` shows each statement's raw and calibrated values per layer",
+            )
+            sys.stderr.write(located.render() + "\n")
+            return EXIT_INVALID
         if debug["on"]:
             raise
         sys.stderr.write(f"internal error: {type(e).__name__}: {e}\nhint: rerun with --debug for the traceback\n")

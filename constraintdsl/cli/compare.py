@@ -6,23 +6,27 @@ Each verb's work is a function that returns an exit code (progress to ``err``, r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from constraintdsl.errors import UserError
+from constraintdsl.errors import Diagnostic, UserError
 from constraintdsl.lang.loading import load
 
-from .common import EXIT_FAILED, EXIT_OK, Dtype
+from .common import EXIT_FAILED, EXIT_OK, Dtype, StrictOpt, emit_warnings
 
 if TYPE_CHECKING:
-    from constraintdsl.compare.comparison import Comparison, Inputs
+    from constraintdsl.compare.comparison import Comparison, Inputs, Row
     from constraintdsl.compare.store import RunRecord, RunStore
+    from constraintdsl.errors import Diagnostic
     from constraintdsl.lang.spec import Spec
 
 __all__ = ["CompareOptions", "compare_command", "register", "runs_list", "runs_show", "shipped"]
@@ -55,6 +59,7 @@ class CompareOptions:
     corpus_tokens: int | None = 8192
     window: int = 128
     ab: str | None = None
+    ab_score: str = "mean"
     model: str | None = None
     dtype: str = "float32"
     max_new_tokens: int = 32
@@ -67,6 +72,11 @@ class CompareOptions:
     from_store: bool = False
     remote: bool = False
     host: str | None = None
+    strict: bool = False
+
+
+class _StrictStop(Exception):
+    """``--strict`` turned the specs' warnings into errors: stop before any pass."""
 
 
 class _Bar:
@@ -135,6 +145,7 @@ def _inputs(opts: CompareOptions, read: _Read, tokenizer: Any) -> Inputs:
         ab=read.ab,
         max_new_tokens=opts.max_new_tokens,
         sources=tuple(sources),
+        ab_score=opts.ab_score,
     )
 
 
@@ -204,17 +215,56 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
     info = inputs.describe()
     err.write(
         f"inputs: {info['prompts']} prompts, corpus {info['corpus_tokens_used']} of {info['corpus_tokens_total']} "
-        f"tokens (--corpus-tokens), A/B items {info['ab_items']}\n"
+        f"tokens (--corpus-tokens), A/B items {info['ab_items']}"
+        + (f" ({opts.ab_score} scoring)" if info["ab_items"] else "")
+        + "\n"
     )
+    emitted: list[Diagnostic] = []
+    sources: dict[str, str] = {}
     if opts.from_store:
         comparison = _from_store(opts, specs, model, inputs)
     else:
         target: bool | str = (opts.host or True) if opts.remote or opts.host else False
-        comparison = compare(model, specs, inputs, marginal=opts.marginal, remote=target, progress=_Bar(err))
+
+        def on_warnings(warnings: Sequence[Diagnostic], texts: Mapping[str, str]) -> None:
+            # the specs' warnings, once compiled: before any pass, so --strict stops there
+            emitted.extend(warnings)
+            sources.update(texts)
+            if emit_warnings(warnings, texts, err=err, strict=opts.strict) != EXIT_OK:
+                raise _StrictStop
+
+        try:
+            comparison = compare(
+                model,
+                specs,
+                inputs,
+                marginal=opts.marginal,
+                remote=target,
+                progress=_Bar(err),
+                on_warnings=on_warnings,
+            )
+        except _StrictStop:
+            return EXIT_FAILED
         if opts.record:
             comparison = _record(opts, comparison)
+    # warnings found while measuring (about an input file, say) come with the result
+    later = [w for w in comparison.warnings if w not in emitted]
+    if emit_warnings(later, _texts(later, sources), err=err, strict=opts.strict) != EXIT_OK:
+        return EXIT_FAILED
     _emit(opts, comparison, out, err)
     return EXIT_OK
+
+
+def _texts(warnings: Sequence[Diagnostic], known: Mapping[str, str]) -> dict[str, str]:
+    """Source texts to render ``warnings`` with: those known, and the files they point into when readable."""
+    from constraintdsl.lang.loading import read_text
+
+    texts = dict(known)
+    for w in warnings:
+        if w.span.path not in texts:
+            with contextlib.suppress(UserError, OSError):
+                texts[w.span.path] = read_text(w.span.path)
+    return texts
 
 
 def _check_effect(opts: CompareOptions, specs: list[Spec]) -> None:
@@ -305,12 +355,24 @@ def _from_store(opts: CompareOptions, specs: list[Spec], model: Any, inputs: Inp
         passes=dict(settings.get("forward_passes", {})),
         seconds=dict(settings.get("seconds", {})),
         run_id=",".join(runs),
+        warnings=_warnings(rows, inputs.ab.path if inputs.ab is not None else None),
     )
 
 
-def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO) -> None:
-    from constraintdsl.compare.report import load_table, summary_table, write_report
+def _warnings(rows: list[Row] | tuple[Row, ...], ab_path: str | None) -> tuple[Diagnostic, ...]:
+    """The warnings a comparison's rows call for (recomputed for a recorded run): the A/B saturation one."""
+    from constraintdsl.compare.ab_pass import saturation_warning
 
+    if not rows or ab_path is None:
+        return ()
+    warning = saturation_warning(rows[0].ab, ab_path)
+    return (warning,) if warning is not None else ()
+
+
+def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO) -> None:
+    from constraintdsl.compare.report import ab_table, load_table, summary_table, write_report
+
+    # the comparison's warnings were rendered by compare_command (once, with --strict applied)
     if opts.report is not None:
         command = "cdsl compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else ""
         path = write_report(comparison, opts.report, concept=opts.effect, command=command)
@@ -319,6 +381,8 @@ def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO
         out.write(json.dumps(comparison.to_dict(), indent=2, allow_nan=True) + "\n")
         return
     out.write(summary_table(comparison) + "\n\n")
+    if comparison.rows[0].ab is not None:
+        out.write(ab_table(comparison) + "\n\n")
     out.write(load_table(comparison) + "\n")
     p = comparison.passes
     out.write(
@@ -359,26 +423,35 @@ def runs_list(store_path: str | None, *, limit: int, fmt: str, out: TextIO) -> i
 def runs_show(store_path: str | None, run_id: str, *, fmt: str, out: TextIO) -> int:
     """``cdsl runs show ID``: one recorded run's table (or JSON)."""
     from constraintdsl.compare.comparison import Comparison, Row
-    from constraintdsl.compare.report import load_table, summary_table
+    from constraintdsl.compare.report import ab_table, load_table, summary_table
+    from constraintdsl.errors import render
 
     record = _open_store(store_path).get(run_id)
     if fmt == "json":
         out.write(json.dumps(_run_dict(record), indent=2, allow_nan=True) + "\n")
         return EXIT_OK
     settings = record.settings
+    rows = tuple(Row.from_dict(r.metrics) for r in record.results)
+    ab_path = dict(settings.get("inputs", {}).get("sources", {})).get("ab")
     comparison = Comparison(
         model=record.model,
         revision=record.revision,
         inputs_hash=record.inputs_hash,
         inputs=dict(settings.get("inputs", {})),
-        rows=tuple(Row.from_dict(r.metrics) for r in record.results),
+        rows=rows,
         prompts=tuple(settings.get("prompts", ())),
         passes=dict(settings.get("forward_passes", {})),
         seconds=dict(settings.get("seconds", {})),
         run_id=record.id,
+        warnings=_warnings(rows, ab_path),
     )
     out.write(f"run {record.id}  {_when(record.created)}  model {record.model}  inputs {record.inputs_hash}\n\n")
-    out.write(summary_table(comparison) + "\n\n" + load_table(comparison) + "\n")
+    out.write(summary_table(comparison) + "\n\n")
+    if rows and rows[0].ab is not None:
+        out.write(ab_table(comparison) + "\n\n")
+    out.write(load_table(comparison) + "\n")
+    if comparison.warnings:
+        out.write("\n" + render(comparison.warnings) + "\n")
     return EXIT_OK if record.results else EXIT_FAILED
 
 
@@ -409,6 +482,12 @@ def _run_dict(record: RunRecord) -> dict[str, Any]:
 
 runs_app = typer.Typer(help="Recorded comparison runs (the local run store).", no_args_is_help=True)
 
+
+class ABScore(str, Enum):
+    mean = "mean"
+    sum = "sum"
+
+
 StoreOpt = Annotated[
     str | None,
     typer.Option("--store", help="run store file (default: $CONSTRAINTDSL_STORE or runs.sqlite in the cache dir)"),
@@ -430,6 +509,13 @@ def _compare_cmd(
     ] = 8192,
     window: Annotated[int, typer.Option("--window", min=2, max=8192, help="tokens per corpus window")] = 128,
     ab: Annotated[str | None, typer.Option("--ab", help="A/B behavior set (YAML)")] = None,
+    ab_score: Annotated[
+        ABScore,
+        typer.Option(
+            "--ab-score",
+            help="score an A/B answer by the mean log-probability of its tokens, or by their sum",
+        ),
+    ] = ABScore.mean,
     model: Annotated[
         str | None, typer.Option("--model", help="smollm2, a Hugging Face id or a local folder (default: the spec's)")
     ] = None,
@@ -457,11 +543,10 @@ def _compare_cmd(
     ] = False,
     remote: Annotated[bool, typer.Option("--remote", help="run on NDIF (host: --host, NDIF_HOST or config)")] = False,
     host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Run the baseline and every spec/variant on the same inputs, batched, and report effect, tax,
     load, marginal tax and degrees of freedom."""
-    from constraintdsl.cli.compare import CompareOptions, compare_command
-
     opts = CompareOptions(
         specs=tuple(specs),
         prompts=prompts,
@@ -470,6 +555,7 @@ def _compare_cmd(
         corpus_tokens=corpus_tokens or None,
         window=window,
         ab=ab,
+        ab_score=ab_score.value,
         model=model,
         dtype=dtype.value,
         max_new_tokens=max_new_tokens,
@@ -482,6 +568,7 @@ def _compare_cmd(
         from_store=from_store,
         remote=remote,
         host=host,
+        strict=strict,
     )
     raise typer.Exit(compare_command(opts, out=sys.stdout, err=sys.stderr))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -104,9 +104,16 @@ def build(
     site: Annotated[Site, typer.Option("--site", help="resid, attn or mlp")] = Site.resid,
     output: Annotated[
         str | None,
-        typer.Option("-o", "--output", help="write the artifact here (.safetensors)", metavar="FILE"),
+        typer.Option(
+            "-o",
+            "--output",
+            help="also write the artifact here (.safetensors); the cache is filled too",
+            metavar="FILE",
+        ),
     ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="extract even if a cached artifact exists")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="extract even if a cached artifact exists (and refresh the cache)")
+    ] = False,
     dtype: Annotated[Dtype, typer.Option("--dtype", help="model dtype for the forward passes")] = Dtype.float32,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="sequences per forward pass")] = 16,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
@@ -121,7 +128,8 @@ def build(
         float | None, typer.Option("--timeout", min=0.1, help="seconds to wait for each remote request")
     ] = None,
 ) -> None:
-    """Extract and calibrate a concept; print the per-layer table; write the artifact (atomically).
+    """Extract and calibrate a concept; print the per-layer table; write the artifact (atomically) to the
+    cache, where a spec's `from pairs` finds it, and to -o FILE when given.
 
     With --remote every forward pass runs on NDIF (one request per batch) and only per-batch sums and
     per-token projections come back; the artifact equals a local build and shares its cache entry.
@@ -153,7 +161,7 @@ def build(
         site=site.value,
         method=method.value,
         use_cache=not no_cache,
-        write_cache=output is None,
+        write_cache=True,
         batch_size=batch_size,
         progress=progress,
         remote=(host or True) if remote or host else False,
@@ -164,6 +172,8 @@ def build(
     console.print(layer_table(artifact))
     best = recommended_layers(artifact)
     console.print(f"recommended layers: {', '.join(map(str, best))} (highest held-out AUROC, then pole distance / std)")
+    if output is not None:
+        console.print(f"{'reused' if cached else 'wrote'} cache entry {artifact.path}")
     source = "reused from cache" if cached and output is None else "wrote"
     console.print(f"{source} {where}")
     console.print(artifact_hash(where), highlight=False)
@@ -171,28 +181,95 @@ def build(
 
 @concept_app.command("show")
 def show(
-    file: Annotated[str, typer.Argument(help="concept file (.safetensors or .npy)", metavar="FILE")],
+    file: Annotated[
+        str, typer.Argument(help="concept file (.safetensors, .npy, .gguf, .svec, SAE folder)", metavar="FILE")
+    ],
+    feature: Annotated[int | None, typer.Option("--feature", min=0, help="an SAE folder: the feature")] = None,
 ) -> None:
     """Print a concept file's metadata and per-layer calibration table."""
     from rich.table import Table
 
-    from constraintdsl.concepts.artifact import artifact_hash, load_artifact
+    from constraintdsl.concepts.artifact import artifact_hash
     from constraintdsl.concepts.extract import layer_table, recommended_layers
 
-    artifact = load_artifact(file)
+    artifact = _open_imported(file, feature)
     console = _console()
     meta = Table(title=file, show_header=False)
     meta.add_column("key")
     meta.add_column("value")
     for key, value in sorted(artifact.metadata.items()):
         meta.add_row(key, value)
-    meta.add_row("hash", artifact_hash(file))
+    if Path(file).is_file():
+        meta.add_row("hash", artifact_hash(file))
     console.print(meta)
     if artifact.calibration is None:
-        console.print("raw vector without calibration: only raw units can be used with it")
+        if artifact.norms is not None and artifact.layers is not None:
+            norms = ", ".join(f"{layer}: {artifact.norm(layer):.4g}" for layer in artifact.layers)
+            console.print(f"stored vector norm per layer (one `vec`, in raw units): {norms}")
+        console.print(
+            "a vector without calibration: only raw and vec units can be used with it "
+            "(calibrate it: cdsl concept calibrate FILE --pairs PAIRS)"
+        )
         return
     console.print(layer_table(artifact))
     console.print(f"recommended layers: {', '.join(map(str, recommended_layers(artifact)))}")
+
+
+@concept_app.command("calibrate")
+def calibrate(
+    source: Annotated[
+        str, typer.Argument(help="an imported vector: .gguf, .svec, .npy, or an SAE folder", metavar="SOURCE")
+    ],
+    pairs: Annotated[
+        str, typer.Option("--pairs", help="pair dataset to calibrate on (.yaml or .jsonl)", metavar="FILE")
+    ],
+    feature: Annotated[int | None, typer.Option("--feature", min=0, help="an SAE folder: the feature")] = None,
+    model: Annotated[str, typer.Option("--model", help="model name, HF id or folder")] = "smollm2",
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", help="also write the artifact here (.safetensors)", metavar="FILE"),
+    ] = None,
+    dtype: Annotated[Dtype, typer.Option("--dtype", help="model dtype for the forward passes")] = Dtype.float32,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+) -> None:
+    """Calibrate an imported direction on a pair set (what `calibrated on` does in a spec) and print its
+    per-layer table: pole distance, std, held-out AUROC.  The direction and its stored norms are kept."""
+    from constraintdsl.concepts.artifact import artifact_hash, check_compatible, save_artifact
+    from constraintdsl.concepts.build import calibrate_concept
+    from constraintdsl.concepts.extract import layer_table, recommended_layers
+    from constraintdsl.models.loading import load_model, model_identity
+
+    if output is not None and Path(output).suffix != ".safetensors":
+        raise UserError("-o", f"'{output}' must end in .safetensors")
+    if output is not None and Path(output).exists():
+        raise UserError("-o", f"'{output}' exists", "choose another name")
+    imported = _open_imported(source, feature)
+    loaded = load_model(model, dtype=dtype.value)
+    check_compatible(imported, model_identity(loaded))
+    artifact = calibrate_concept(imported, pairs, loaded, progress=progress)
+    where = save_artifact(artifact, output) if output is not None else Path(str(artifact.path))
+    console = _console()
+    console.print(layer_table(artifact))
+    console.print(f"recommended layers: {', '.join(map(str, recommended_layers(artifact)))}")
+    console.print(f"wrote {where}")
+    console.print(artifact_hash(where), highlight=False)
+
+
+def _open_imported(source: str, feature: int | None) -> Any:
+    from constraintdsl.concepts.interop import open_concept
+
+    p = Path(source)
+    kinds = {".gguf": "gguf", ".svec": "svec", ".npy": "file", ".safetensors": "file"}
+    kind = "sae" if p.is_dir() else kinds.get(p.suffix.lower())
+    if kind is None:
+        raise UserError(
+            source, f"cannot read '{p.suffix or p.name}' as a concept", "give a .gguf, .svec, .npy or an SAE folder"
+        )
+    if kind == "sae" and feature is None:
+        raise UserError("--feature", "an SAE folder needs --feature N")
+    if kind != "sae" and feature is not None:
+        raise UserError("--feature", "--feature is for SAE folders")
+    return open_concept(kind, source, feature=feature)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@
 3. explain a gated, jointly solved spec (the resolved plan);
 4. run the sentiment spec on neutral prompts: baseline and constrained generations side by side,
    the effect on generated text, and which constraints bound;
-5. compare a sentiment-floor sweep (four variants) and a refusal ablation against the baseline on the
+5. compare a sentiment-floor sweep (four variants) and a refusal cap against the baseline on the
    same inputs: effect, tax, load, marginal tax, degrees of freedom; write the report with its plots
    to ``reports/demo/`` and record the run in the local store.
 
@@ -27,7 +27,7 @@ COMPARE = [
     "cdsl",
     "compare",
     "specs/examples/sentiment-sweep.cdsl",
-    "specs/examples/refusal-ablation.cdsl",
+    "specs/examples/refusal-cap.cdsl",
     "--ab",
     "specs/data/ab/sentiment.yaml",
     "--limit",
@@ -93,7 +93,7 @@ def main() -> int:
     if code != 0:
         return code
 
-    _section("5. compare: a sentiment-floor sweep and a refusal ablation, with their alignment tax")
+    _section("5. compare: a sentiment-floor sweep and a refusal cap, with their alignment tax")
     print("$ " + " ".join(COMPARE), flush=True)
     code = cdsl(COMPARE[1:])
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s", flush=True)

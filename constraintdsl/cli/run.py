@@ -16,9 +16,9 @@ import typer
 
 from constraintdsl.errors import Span, SpecError, UserError
 from constraintdsl.lang.loading import load, read_text
-from constraintdsl.tables import text_table
+from constraintdsl.tables import UNIT_LABELS, text_table
 
-from .common import EXIT_FAILED, EXIT_OK, Dtype, DtypeOpt, ModelOpt, OutputFormat, VariantOpt
+from .common import EXIT_FAILED, EXIT_OK, Dtype, DtypeOpt, ModelOpt, OutputFormat, StrictOpt, VariantOpt
 
 if TYPE_CHECKING:
     from constraintdsl.compiler.plan import Plan
@@ -71,7 +71,12 @@ def _load_model(spec: Spec, name: str | None, dtype: str, err: TextIO) -> Any:
 
 
 def _compile(
-    path: str, model_name: str | None, dtype: str, err: TextIO, progress: bool = True, variant: str | None = None
+    path: str,
+    model_name: str | None,
+    dtype: str,
+    err: TextIO,
+    progress: bool = True,
+    variant: str | None = None,
 ) -> tuple[Plan, Any, str]:
     from constraintdsl.compiler.resolve import resolve
     from constraintdsl.lang.canonical import spec_hash
@@ -101,6 +106,15 @@ def _compile(
     return resolve(spec, model, progress=progress), model, digest
 
 
+def _warn(plan: Plan, err: TextIO, strict: bool) -> int:
+    """The plan's warnings on ``err``; EXIT_FAILED when ``strict`` made them errors."""
+    from constraintdsl.lang.loading import spec_sources
+
+    from .common import emit_warnings
+
+    return emit_warnings(plan.warnings, spec_sources(plan.spec), err=err, strict=strict)
+
+
 def explain_spec(
     path: str,
     *,
@@ -110,13 +124,18 @@ def explain_spec(
     out: TextIO,
     err: TextIO,
     variant: str | None = None,
+    strict: bool = False,
 ) -> int:
-    """``cdsl explain``: the resolved plan for a model, without running it (one ``variant`` of a sweep)."""
+    """``cdsl explain``: the resolved plan for a model, without running it (one ``variant`` of a sweep);
+    its warnings go to ``err`` (``strict``: they are errors, exit 1)."""
     from constraintdsl.compiler.explain import plan_summary
 
     plan, _, digest = _compile(path, model_name, dtype, err, variant=variant)
+    if _warn(plan, err, strict) != EXIT_OK:
+        return EXIT_FAILED
     if fmt == "json":
-        out.write(json.dumps({"hash": digest, **plan_summary(plan)}, indent=2, default=_finite) + "\n")
+        summary = {"hash": digest, **plan_summary(plan), "diagnostics": [d.to_dict() for d in plan.warnings]}
+        out.write(json.dumps(summary, indent=2, default=_finite) + "\n")
     else:
         out.write(plan.explain() + "\n")
     return EXIT_OK
@@ -128,10 +147,20 @@ def _finite(x: Any) -> Any:
 
 def telemetry_table(rows: list[TelemetryRow]) -> str:
     """A plain-text table of telemetry rows (one per statement × layer × site)."""
-    head = ["statement", "layer", "site", "tokens", "bound", "mean corr", "max corr", "‖Δh‖/‖h‖", "before → after"]
+    head = [
+        "statement",
+        "layer",
+        "site",
+        "tokens",
+        "bound",
+        "units",
+        "mean corr",
+        "max corr",
+        "‖Δh‖/‖h‖",
+        "before → after",
+    ]
     body = []
     for r in rows:
-        unit = "" if r.units == "calibrated" else " raw"
         body.append(
             [
                 r.statement,
@@ -139,10 +168,11 @@ def telemetry_table(rows: list[TelemetryRow]) -> str:
                 r.site,
                 str(r.selected),
                 f"{100 * r.binding_fraction:.0f}%",
-                "-" if r.mean_correction is None else f"{r.mean_correction:.3f}{unit}",
-                "-" if r.max_correction is None else f"{r.max_correction:.3f}{unit}",
+                UNIT_LABELS.get(r.units, r.units),
+                "-" if r.mean_correction is None else f"{r.mean_correction:.3f}",
+                "-" if r.max_correction is None else f"{r.max_correction:.3f}",
                 "-" if r.mean_relative is None else f"{r.mean_relative:.4f}",
-                "-" if r.before is None or r.after is None else f"{r.before:+.2f} → {r.after:+.2f}{unit}",
+                "-" if r.before is None or r.after is None else f"{r.before:+.2f} → {r.after:+.2f}",
             ]
         )
     return text_table(head, body)
@@ -218,6 +248,7 @@ def run_spec(
     timeout: float | None = None,
     wait: bool = True,
     variant: str | None = None,
+    strict: bool = False,
 ) -> int:
     """``cdsl run``: baseline and constrained generations side by side, plus telemetry (for one
     ``variant`` of a spec with ``let`` lines).
@@ -235,6 +266,8 @@ def run_spec(
 
         check_host(host)
     plan, model, digest = _compile(path, model_name, dtype, err, variant=variant)
+    if _warn(plan, err, strict) != EXIT_OK:
+        return EXIT_FAILED
     payloads = [None, plan.payload] if baseline else [plan.payload]
     progress = _progress(err) if target else None
     where = f" on NDIF ({host or 'configured host'})" if target else ""
@@ -297,6 +330,7 @@ def _report(
             ],
             "effect": [e.to_dict() for e in effects],
             "telemetry": [r.to_dict() for r in rows],
+            "diagnostics": [d.to_dict() for d in plan.warnings],
         }
         out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         return
@@ -309,7 +343,7 @@ def _report(
     if effects:
         out.write("\neffect on generated text (mean readout at the concept's best layer, calibrated units):\n")
         out.write(effect_table(effects) + "\n")
-    out.write("\nwhich constraints bound (corrections in calibrated units of each concept):\n")
+    out.write("\nwhich constraints bound (corrections and projections in each row's units: cal = calibrated, raw):\n")
     out.write(telemetry_table(rows) + "\n")
 
 
@@ -403,8 +437,10 @@ def _explain_cmd(
     dtype: DtypeOpt = Dtype.float32,
     format: FormatOpt = OutputFormat.text,
     variant: VariantOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
-    """Print the resolved plan (layers, raw bounds per layer, positions, gates) without running the model."""
+    """Print the resolved plan (layers, raw and calibrated values per layer, positions, gates) and its
+    warnings, without running the model."""
     raise typer.Exit(
         explain_spec(
             spec,
@@ -414,6 +450,7 @@ def _explain_cmd(
             out=sys.stdout,
             err=sys.stderr,
             variant=variant,
+            strict=strict,
         )
     )
 
@@ -439,6 +476,7 @@ def _run_cmd(
         bool, typer.Option("--no-wait", help="submit the remote run, print its job id and exit (see `cdsl job`)")
     ] = False,
     variant: VariantOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Generate with the spec applied, beside the unconstrained baseline, and show which constraints bound."""
     if (prompt is None) == (prompts is None):
@@ -460,6 +498,7 @@ def _run_cmd(
             timeout=timeout,
             wait=not no_wait,
             variant=variant,
+            strict=strict,
         )
     )
 

@@ -19,17 +19,24 @@ from constraintdsl.errors import Span, SpecError, UserError
 from constraintdsl.files import check_output_file, read_bytes
 from constraintdsl.lang.canonical import spec_hash, to_dsl, to_yaml
 from constraintdsl.lang.diff import diff, render_changes
-from constraintdsl.lang.loading import concept_hashes, load, parse_file, read_text
+from constraintdsl.lang.loading import concept_hashes, load, parse_file, read_text, spec_sources
 from constraintdsl.lang.parser import is_yaml_path, normalize_text
 from constraintdsl.lang.variants import expand
 
-from .common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, SpecFormat
+from .common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, SpecFormat, StrictOpt, emit_warnings, warnings_as
 
 __all__ = ["check", "diff_files", "fmt", "hash_file", "register", "schema"]
 
 
 def check(
-    paths: list[str], *, fmt: str, out: TextIO, err: TextIO, resolve_concepts: bool = True, model: str | None = None
+    paths: list[str],
+    *,
+    fmt: str,
+    out: TextIO,
+    err: TextIO,
+    resolve_concepts: bool = True,
+    model: str | None = None,
+    strict: bool = False,
 ) -> int:
     """``cdsl check``: load each spec (includes), open every concept file and pair set it names, and report
     every problem; exit 1 when a spec has problems, 2 when a file cannot be read at all.
@@ -37,7 +44,10 @@ def check(
     With ``model`` (a name, hub id or folder) each spec is also checked against that model's config and
     tokenizer, without loading its weights (see :mod:`constraintdsl.compiler.preflight`).  A spec with lets also
     reports its variants: their count in text, their names in JSON (``variants``; empty for a spec
-    without lets)."""
+    without lets).  Warnings are reported where they can be known without loading the model
+    (:func:`constraintdsl.compiler.lint.spec_warnings`: concept files present or cached); ``strict``
+    makes them errors (exit 1)."""
+    from constraintdsl.compiler.lint import spec_warnings
     from constraintdsl.compiler.preflight import check_files
 
     described = None
@@ -74,21 +84,30 @@ def check(
             continue
         digest = spec_hash(spec, extra)
         variants = [v.name for v in expand(spec)] if spec.lets else []
+        warnings = spec_warnings(spec) if resolve_concepts else []
+        failed = strict and bool(warnings)
+        if failed:
+            code = max(code, EXIT_FAILED)
         results.append(
             {
                 "path": path,
-                "ok": True,
+                "ok": not failed,
                 "hash": digest,
                 "concepts": len(spec.concepts),
                 "constraints": len(spec.constraints),
                 "variants": variants,
-                "diagnostics": [],
+                "diagnostics": [d.to_dict() for d in warnings_as(warnings, strict)],
             }
         )
         if fmt == "text":
+            emit_warnings(warnings, spec_sources(spec), err=err, strict=strict)
+            if failed:
+                continue
             counts = f"{len(spec.concepts)} concepts, {len(spec.constraints)} constraints"
             if variants:
                 counts += f", {len(variants)} variants of {', '.join(let.name for let in spec.lets)}"
+            if warnings:
+                counts += f", {len(warnings)} warning{'s' * (len(warnings) != 1)}"
             if described is not None:
                 counts += f"; fits {described[1].id}"
             out.write(f"ok: {path} ({counts})\n")
@@ -220,9 +239,11 @@ def _check_cmd(
             "are loaded): smollm2, a Hugging Face id or a local folder",
         ),
     ] = None,
+    strict: StrictOpt = False,
 ) -> None:
-    """Check spec files, their includes and every concept file and pair set they name; report every problem."""
-    raise typer.Exit(check(files, fmt=format.value, out=sys.stdout, err=sys.stderr, model=model))
+    """Check spec files, their includes and every concept file and pair set they name; report every problem,
+    and the warnings that can be known without loading the model (concept files present or cached)."""
+    raise typer.Exit(check(files, fmt=format.value, out=sys.stdout, err=sys.stderr, model=model, strict=strict))
 
 
 def _fmt_cmd(

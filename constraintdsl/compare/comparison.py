@@ -8,7 +8,9 @@ unconstrained baseline as invokes of shared forward passes:
   constrained), perplexity ratio), next-token entropy and the participation ratio of final hidden states.
   For the **marginal tax** of a statement, the spec without that statement runs as one more invoke of
   the same passes (identical leave-one-out specs, and those equal to the baseline, run once).
-- **A/B pass** (with an A/B set): the log-probability of both answers of every item, teacher-forced.
+- **A/B pass(es)** (with an A/B set): the log-probability of both answers of every item, teacher-forced,
+  scored by mean log-probability per answer token (or summed), in passes of bounded size
+  (:mod:`constraintdsl.compare.ab_pass`); per item p(match), per arm the paired shift from the baseline.
 - **generation**: every prompt under every spec in one generation; its telemetry gives the load
   (binding fraction and correction per statement and layer).
 - **readout pass**: a plain forward over every arm's generated text reads each constrained concept at
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from constraintdsl.errors import UserError, public
+from constraintdsl.errors import Diagnostic, UserError, public
 from constraintdsl.lang.loading import read_text
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class Inputs:
     max_new_tokens: int = 32
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     sources: tuple[tuple[str, str], ...] = ()  # ("prompts", path), ("corpus", path), ("ab", path)
+    ab_score: str = "mean"  # how A/B answers are scored: "mean" or "sum" log-probability per answer token
 
     def digest(self) -> str:
         """``sha256:<hex>`` of everything that determines the results besides the specs and the model."""
@@ -83,6 +86,9 @@ class Inputs:
         h.update(json.dumps([self.max_new_tokens, self.prompt_tokens]).encode())
         if self.ab is not None:
             h.update(self.ab.sha256.encode())
+            # runs recorded before A/B scoring was a choice were summed: "sum" keeps their digest
+            if self.ab_score != "sum":
+                h.update(f"ab_score={self.ab_score}".encode())
         return "sha256:" + h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
@@ -98,6 +104,12 @@ class Inputs:
             "corpus_prompt_tokens": self.prompt_tokens,
             "ab_items": len(self.ab.items) if self.ab is not None else 0,
             "ab_behavior": self.ab.behavior if self.ab is not None else None,
+            "ab_score": self.ab_score if self.ab is not None else None,
+            "ab_format": self.ab.format if self.ab is not None else None,
+            "ab_questions": [
+                {"line": item.span.line if item.span is not None else None, "question": item.question}
+                for item in (self.ab.items if self.ab is not None else ())
+            ],
             "sources": dict(self.sources),
         }
 
@@ -204,10 +216,12 @@ class Comparison:
     passes: dict[str, int]
     seconds: dict[str, float]
     run_id: str | None = None
+    warnings: tuple[Diagnostic, ...] = ()  # about the specs (and inputs), severity "warning"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (the ``--json`` output)."""
+        """Plain data (the ``--json`` output); warnings are ``diagnostics`` with ``"severity": "warning"``."""
         return {
+            "diagnostics": [d.to_dict() for d in self.warnings],
             "model": {"id": self.model, "revision": self.revision},
             "inputs_hash": self.inputs_hash,
             "inputs": self.inputs,
@@ -374,34 +388,6 @@ def _corpus(
     return sums, passes, seconds
 
 
-def _ab_rows(tokenizer: Any, ab: ABSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded rows question+answer (item i: rows 2i for a, 2i+1 for b), attention mask, answer
-    mask and prompt lengths."""
-    seqs: list[tuple[list[int], int]] = []
-    for item in ab.items:
-        chat = [{"role": "user", "content": item.question}]
-        if getattr(tokenizer, "chat_template", None):
-            text = str(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
-            prompt = [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
-        else:
-            prompt = [int(t) for t in tokenizer(item.question + "\n")["input_ids"]]
-        for reply in (item.a, item.b):
-            ans = [int(t) for t in tokenizer(reply, add_special_tokens=False)["input_ids"]]
-            seqs.append((prompt + ans, len(prompt)))
-    width = max(len(s) for s, _ in seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    ids = torch.full((len(seqs), width), int(pad), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    answer = torch.zeros_like(ids, dtype=torch.bool)
-    plen = torch.zeros(len(seqs), dtype=torch.long)
-    for r, (seq, n) in enumerate(seqs):
-        ids[r, width - len(seq) :] = torch.tensor(seq)
-        mask[r, width - len(seq) :] = 1
-        answer[r, width - len(seq) + n :] = True
-        plen[r] = n
-    return ids, mask, answer, plen
-
-
 def _statement_load(plan: Plan, tele: torch.Tensor | None) -> list[dict[str, Any]]:
     """Per statement: binding fraction and correction over every layer it acts at, and per layer."""
     from constraintdsl.compiler.telemetry import summarize
@@ -481,42 +467,59 @@ def compare(
     remote: bool | str = False,
     progress: Progress | None = None,
     concepts: Mapping[str, Any] | None = None,
+    on_warnings: Callable[[Sequence[Diagnostic], Mapping[str, str]], None] | None = None,
+    ab_score: str | None = None,
 ) -> Comparison:
     """Run the baseline and every spec/variant on ``inputs``, batched; see the module docstring.
 
     ``progress(message, done, total)`` is called before each pass (``done`` passes of ``total`` so far;
-    ``total`` is 0 while specs are being compiled)."""
+    ``total`` is 0 while specs are being compiled).  ``on_warnings(warnings, sources)`` is called once the
+    specs are compiled, before any pass, with their warnings (merged over each spec's variants) and the
+    texts to render them with; it may raise to stop the comparison there.  ``ab_score`` (``"mean"`` or
+    ``"sum"``; default ``inputs.ab_score``, itself ``"mean"``) is how A/B answers are scored
+    (:mod:`constraintdsl.compare.ab_pass`)."""
     from constraintdsl.models.loading import model_identity
     from constraintdsl.run.runner import generate_variants
 
     from . import metrics
+    from .ab_pass import ab_passes, ab_summary, check_score, item_probabilities, run_ab, saturation_warning
 
+    if ab_score is not None:
+        inputs = replace(inputs, ab_score=ab_score)
+    check_score(inputs.ab_score)
     report = progress or (lambda message, done=0, total=0: None)
     started = time.perf_counter()
     arms, drops = build_arms(model, specs, marginal=marginal, progress=report, concepts=concepts)
     main = [i for i, a in enumerate(arms) if a.main and a.spec is not None]
+    warnings, sources = spec_warnings(arms, main)
+    if on_warnings is not None and warnings:
+        on_warnings(warnings, sources)
     runs, of = _unique(arms)
     seconds: dict[str, float] = {}
     passes: dict[str, int] = {}
     n_windows, width = (int(x) for x in inputs.corpus.shape)
     n_corpus = -(-n_windows // _windows_per_pass(model, len(runs), width))
-    total = n_corpus + (inputs.ab is not None) + 2
+    n_ab = ab_passes(model, inputs.ab, len(main) + 1) if inputs.ab is not None else 0
+    total = n_corpus + n_ab + 2
+    done = [0]
 
-    def tick(message: str, done: int = 0) -> None:
-        report(message, done, total)
+    def tick(message: str, at: int = 0) -> None:
+        report(message, at, total)
 
     sums, passes["corpus"], seconds["corpus"] = _corpus(model, arms, runs, inputs, remote, tick)
+    done[0] = n_corpus
 
     ab_lp: list[torch.Tensor] | None = None
+    ab_counts: torch.Tensor | None = None
     if inputs.ab is not None:
-        from .passes import score_answers
 
-        tick(f"A/B set: {len(inputs.ab.items)} items", n_corpus)
-        ids, mask, answer, plen = _ab_rows(model.tokenizer, inputs.ab)
-        payloads = _payloads(arms, [0, *main])
-        scores, seconds["ab"] = score_answers(model, payloads, ids, mask, answer, plen, telemetry=False, remote=remote)
-        ab_lp = [s.logprob for s in scores]
-        passes["ab"] = 1
+        def ab_tick(message: str) -> None:
+            tick(message, done[0])
+            done[0] += 1
+
+        ab_lp, ab_counts, passes["ab"], seconds["ab"] = run_ab(
+            model, _payloads(arms, [0, *main]), inputs.ab, remote=remote, tick=ab_tick
+        )
 
     tick(
         f"generating {inputs.max_new_tokens} tokens for {len(inputs.prompts)} prompt(s) × {len(main) + 1} arms",
@@ -552,9 +555,10 @@ def compare(
 
     rows: list[Row] = []
     base_pr = pr_of(0)
-    match = None
-    if inputs.ab is not None:
+    probs: list[torch.Tensor] = []
+    if inputs.ab is not None and ab_lp is not None and ab_counts is not None:
         match = torch.tensor([item.match == "a" for item in inputs.ab.items])
+        probs = [item_probabilities(lp, ab_counts, match, inputs.ab_score) for lp in ab_lp]
     for k, a in enumerate([0, *main]):
         arm = arms[a]
         tax = tax_of(a)
@@ -569,17 +573,10 @@ def compare(
             effect=effects.get(a, {}),
             generations=list(gens[k].texts),
         )
-        if ab_lp is not None and match is not None:
-            lp = ab_lp[k]
-            p = metrics.ab_probability(lp[0::2], lp[1::2], match)
-            p0 = metrics.ab_probability(ab_lp[0][0::2], ab_lp[0][1::2], match)
-            row.ab = {
-                "behavior": inputs.ab.behavior if inputs.ab is not None else None,
-                "p_match": float(p.mean()),
-                "baseline": float(p0.mean()),
-                "shift": float(p.mean() - p0.mean()),
-                "items": len(p),
-            }
+        if probs and inputs.ab is not None:
+            row.ab = ab_summary(
+                probs[k], probs[0], behavior=inputs.ab.behavior, score=inputs.ab_score, fmt=inputs.ab.format
+            )
         if arm.plan is not None:
             row.load = _statement_load(arm.plan, gens[k].telemetry)
             assert arm.spec is not None
@@ -599,6 +596,7 @@ def compare(
     report("done", total, total)
     seconds["total"] = time.perf_counter() - started
     ident = model_identity(model)
+    warning = saturation_warning(rows[0].ab, inputs.ab.path) if inputs.ab is not None else None
     return Comparison(
         model=ident.id,
         revision=ident.revision,
@@ -608,4 +606,22 @@ def compare(
         prompts=inputs.prompts,
         passes=passes,
         seconds=seconds,
+        warnings=tuple(warnings) + ((warning,) if warning is not None else ()),
     )
+
+
+def spec_warnings(arms: Sequence[Arm], main: Sequence[int]) -> tuple[list[Diagnostic], dict[str, str]]:
+    """The compiled main arms' warnings, merged over each spec's variants, and the source texts they point into."""
+    from constraintdsl.compiler.lint import merge_variant_warnings
+    from constraintdsl.lang.loading import spec_sources
+
+    by_spec: dict[str | None, list[tuple[str, Sequence[Diagnostic]]]] = {}
+    sources: dict[str, str] = {}
+    for a in main:
+        arm = arms[a]
+        if arm.plan is None or arm.spec is None:
+            continue
+        by_spec.setdefault(arm.source, []).append((arm.variant, arm.plan.warnings))
+        sources.update(spec_sources(arm.spec))
+    merged = [d for per_variant in by_spec.values() for d in merge_variant_warnings(per_variant)]
+    return merged, sources

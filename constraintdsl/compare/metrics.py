@@ -15,7 +15,7 @@ import torch
 
 from constraintdsl.runtime.scoring import SUM_FIELDS
 
-__all__ = ["ab_probability", "participation_ratio", "tax"]
+__all__ = ["ab_probability", "paired_shift", "participation_ratio", "t_quantile", "tax"]
 
 
 def _array(x: Any) -> npt.NDArray[np.float64]:
@@ -102,3 +102,83 @@ def ab_probability(
         raise ValueError(f"logp_a, logp_b and match differ in shape: {a.shape}, {b.shape}, {m.shape}")
     total = torch.logsumexp(torch.stack([a, b]), dim=0)
     return torch.exp(torch.where(m, a, b) - total)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def _t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile of Student's t distribution with ``df`` degrees of freedom (0 < q < 1, df > 0),
+    by bisection on its CDF (the regularized incomplete beta function) to about 1e-12."""
+    if not 0.0 < q < 1.0 or not df > 0:
+        raise ValueError(f"t_quantile needs 0 < q < 1 and df > 0, got q={q}, df={df}")
+    if q < 0.5:
+        return -t_quantile(1.0 - q, df)
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < q:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _t_cdf(mid, df) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def paired_shift(values: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:
+    """Paired statistics of per-item differences ``d = values − baseline``: ``shift`` (their mean), ``se`` (the
+    standard error of that mean, ``sd(d) / √n`` with the n − 1 sample standard deviation), ``ci95`` (the 95%
+    Student-t interval ``shift ± t(0.975, n − 1) · se``), ``up`` / ``down`` (items with d > 0 / d < 0) and
+    ``n``.  With one item ``se`` and the interval are NaN; with none this is a ValueError."""
+    v, b = _array(values), _array(baseline)
+    if v.shape != b.shape or v.ndim != 1:
+        raise ValueError(f"values and baseline must be equal-length vectors, got {v.shape} and {b.shape}")
+    n = int(v.shape[0])
+    if n == 0:
+        raise ValueError("paired statistics of no items")
+    d = v - b
+    mean = float(d.mean())
+    if n > 1:
+        se = float(d.std(ddof=1)) / math.sqrt(n)
+        half = t_quantile(0.975, n - 1) * se
+        ci = [mean - half, mean + half]
+    else:
+        se, ci = math.nan, [math.nan, math.nan]
+    return {"shift": mean, "se": se, "ci95": ci, "up": int((d > 0).sum()), "down": int((d < 0).sum()), "n": n}

@@ -156,6 +156,7 @@ def score_answers(
     answer_mask: torch.Tensor,
     prompt_len: torch.Tensor,
     *,
+    keep: int | None = None,
     telemetry: bool = True,
     remote: bool | str = False,
     timeout: float | None = None,
@@ -163,14 +164,27 @@ def score_answers(
     backend: Any = None,
 ) -> tuple[list[AnswerScore], float]:
     """Summed log-probability of each row's answer tokens (``answer_mask``) under every payload (None
-    for the baseline) in ONE forward pass; each row's first ``prompt_len`` real tokens are its prompt."""
+    for the baseline) in ONE forward pass; each row's first ``prompt_len`` real tokens are its prompt.
+
+    ``keep``: the output embedding runs on the last ``keep`` positions only (its input is cut inside the
+    trace), so the pass holds ``keep`` rather than ``T`` positions of logits per row.  Every answer must lie
+    in the last ``keep - 1`` positions (left-padded rows whose answers end them: ``keep`` = the longest
+    answer + 1)."""
     _check(payloads, ids, mask)
+    width = int(ids.shape[1])
+    if keep is not None:
+        if not 2 <= keep <= width:
+            raise ValueError(f"keep must be between 2 and the row width {width}, got {keep}")
+        if bool((answer_mask[:, : width - keep + 1] != 0).any()):
+            raise ValueError(f"an answer starts before the last {keep - 1} positions; raise keep")
     records, states = _states(model, payloads, telemetry, prompt_len)
+    head = unembed_path(model) if keep is not None else None
     backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
     started = time.perf_counter()
-    enc = on_device(model, {"input_ids": ids, "attention_mask": mask, "answer": answer_mask})
+    cut = width - (keep or width)
+    enc = on_device(model, {"input_ids": ids, "attention_mask": mask, "answer": answer_mask[:, cut:]})
     answer = enc.pop("answer")
-    outs = _run_answers(model, enc, answer, list(payloads), states, backend)
+    outs = _run_answers(model, enc, answer, list(payloads), states, head, keep or width, backend)
     seconds = time.perf_counter() - started
     if outs is None:
         raise RuntimeError("the answer pass returned no result")
@@ -186,16 +200,28 @@ def _run_answers(
     answer_mask: torch.Tensor,
     payloads: list[dict[str, Any] | None],
     states: list[dict[str, Any]],
+    head_path: str | None,
+    keep: int,
     backend: Any,
 ) -> Any:
     outs = None
     with torch.no_grad(), model.trace(backend=backend) as tracer:
         outs = nnsight.save([])
+        kept = enc["input_ids"][:, enc["input_ids"].shape[1] - keep :]
         for index in range(len(payloads)):
             with tracer.invoke(enc):
                 payload = payloads[index]
                 if payload is not None:
                     interventions.intervene(model, payload, states[index])
-                logprob = scoring.answer_logprob(model.output.logits, enc["input_ids"], answer_mask)
+                logprob = scoring.answer_logprob(model.output.logits, kept, answer_mask)
                 outs.append([logprob, states[index]["tele"]])
+        if head_path is not None:
+            # one invoke over the whole batch cuts the output embedding's input to the last `keep` positions,
+            # so no arm's logits are formed over the prompt (the arms' invokes read the cut logits)
+            with tracer.invoke():
+                head = model
+                for part in head_path.split("."):
+                    head = getattr(head, part)
+                h = head.input
+                head.input = h[:, h.shape[1] - keep :]
     return outs

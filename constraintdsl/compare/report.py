@@ -7,17 +7,17 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from constraintdsl.atomic import write_bytes_atomic
 from constraintdsl.errors import UserError, clip
 from constraintdsl.files import check_output_dir, os_error
-from constraintdsl.tables import text_table
+from constraintdsl.tables import UNIT_LABELS, text_table
 
 if TYPE_CHECKING:
     from .comparison import Comparison
 
-__all__ = ["REPORT_FILES", "effect_axis", "load_table", "summary_table", "write_report"]
+__all__ = ["REPORT_FILES", "ab_table", "effect_axis", "load_table", "summary_table", "write_report"]
 
 
 def _num(x: float | None, fmt: str = "+.4f") -> str:
@@ -84,10 +84,68 @@ def _summary_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         ]
         line += [_num(r.effect.get(n, {}).get("shift"), "+.3f") for n in names]
         if ab:
-            line.append("-" if r.ab is None else f"{r.ab['p_match']:.3f} ({r.ab['shift']:+.3f})")
+            line.append("-" if r.ab is None else _ab_cell(r.ab))
         loads = [s["binding_fraction"] for s in r.load]
         line.append(f"{100 * max(loads):.0f}%" if loads else "-")
         body.append(line)
+    return head, body
+
+
+def _ab_cell(ab: dict[str, Any]) -> str:
+    """``p (shift ± se)``; a run recorded before standard errors were kept shows ``p (shift)``."""
+    se = ab.get("se")
+    spread = f" ± {se:.3f}" if isinstance(se, (int, float)) and not math.isnan(se) else ""
+    return f"{ab['p_match']:.3f} ({ab['shift']:+.3f}{spread})"
+
+
+def ab_table(comparison: Comparison) -> str:
+    """One line per spec/variant: mean p(match), its paired shift from the baseline with standard error and
+    95% interval, items moved up/down and items saturated (p < 0.05 or > 0.95)."""
+    return text_table(*_ab_rows(comparison))
+
+
+def _ab_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    first = comparison.rows[0].ab or {}
+    score = first.get("score", "sum")
+    head = ["spec", f"p(match) [{score}]", "shift", "SE", "95% interval", "up", "down", "saturated"]
+    body = []
+    for r in comparison.rows:
+        ab = r.ab or {}
+        ci = ab.get("ci95")
+        items = ab.get("items")
+        up, down, sat = ab.get("up"), ab.get("down"), ab.get("saturated")
+        body.append(
+            [
+                r.label,
+                _num(ab.get("p_match"), ".3f"),
+                _num(ab.get("shift"), "+.3f"),
+                _num(ab.get("se"), ".3f"),
+                "-" if not ci or any(math.isnan(x) for x in ci) else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]",
+                "-" if up is None else f"{up}/{items}",
+                "-" if down is None else f"{down}/{items}",
+                "-" if sat is None else f"{sat}/{items}",
+            ]
+        )
+    return head, body
+
+
+def _ab_items_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """One line per A/B item: where it is, its question, and p(match) under the baseline and every spec."""
+    questions = comparison.inputs.get("ab_questions") or []
+    head = ["item", "line", "question", *(r.label for r in comparison.rows)]
+    values = [(r.ab or {}).get("p_items") or [] for r in comparison.rows]
+    n = max((len(v) for v in values), default=0)
+    body = []
+    for i in range(n):
+        q = questions[i] if i < len(questions) else {}
+        body.append(
+            [
+                str(i + 1),
+                str(q.get("line") or "-"),
+                _clip(q.get("question", ""), 70),
+                *(f"{v[i]:.3f}" if i < len(v) else "-" for v in values),
+            ]
+        )
     return head, body
 
 
@@ -98,19 +156,20 @@ def load_table(comparison: Comparison) -> str:
 
 
 def _load_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    head = ["spec", "statement", "binding", "mean corr", "marginal ΔNLL", "marginal KL"]
+    head = ["spec", "statement", "binding", "units", "mean corr", "marginal ΔNLL", "marginal KL"]
     body = []
     for r in comparison.rows[1:]:
         marginal = {(m["statement"], m["line"]): m for m in r.marginal}
         for s in r.load:
             m = marginal.get((s["statement"], s["line"]), {})
-            unit = "" if s.get("units") == "calibrated" else " raw"
+            units = str(s.get("units", "calibrated"))
             body.append(
                 [
                     r.label,
                     s["statement"],
                     f"{100 * s['binding_fraction']:.0f}%",
-                    f"{s['mean_correction']:.3f}{unit}",
+                    UNIT_LABELS.get(units, units),
+                    f"{s['mean_correction']:.3f}",
                     _num(m.get("delta_nll")),
                     _num(m.get("kl"), ".4f"),
                 ]
@@ -155,11 +214,23 @@ def _frontier(comparison: Comparison, path: IO[bytes], concept: str | None) -> N
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(comparison.rows):
         groups.setdefault(r.source or "baseline", []).append(i)
+    errors = _ab_errors(comparison) if label.endswith("A/B p(match) shift") else None
     for source, idx in groups.items():
         xs, ys = [tax[i] for i in idx], [effect[i] for i in idx]
         style = "o-" if len(idx) > 1 else "o"
         name = "baseline" if source == "baseline" else Path(source).stem
-        ax.plot(xs, ys, style, label=name, markersize=6)
+        if errors is not None:
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[[errors[i][0] for i in idx], [errors[i][1] for i in idx]],
+                fmt=style,
+                label=name,
+                markersize=6,
+                capsize=3,
+            )
+        else:
+            ax.plot(xs, ys, style, label=name, markersize=6)
         for i in idx:
             r = comparison.rows[i]
             ax.annotate(
@@ -174,6 +245,22 @@ def _frontier(comparison: Comparison, path: IO[bytes], concept: str | None) -> N
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def _ab_errors(comparison: Comparison) -> list[tuple[float, float]] | None:
+    """Per row, the distances from the A/B shift down and up to its 95% interval's ends (0 for the baseline);
+    None when a row has no interval (a run recorded before intervals were kept)."""
+    out = []
+    for r in comparison.rows:
+        ci = (r.ab or {}).get("ci95")
+        if not ci or any(math.isnan(x) for x in ci):
+            if r is comparison.rows[0]:
+                out.append((0.0, 0.0))
+                continue
+            return None
+        shift = float((r.ab or {})["shift"])
+        out.append((max(0.0, shift - ci[0]), max(0.0, ci[1] - shift)))
+    return out
 
 
 def _binding(comparison: Comparison, path: IO[bytes]) -> bool:
@@ -254,6 +341,32 @@ def write_report(comparison: Comparison, folder: str | Path, *, concept: str | N
     return target
 
 
+def _ab_markdown(comparison: Comparison) -> list[str]:
+    ab = comparison.rows[0].ab or {}
+    score = ab.get("score", "sum")
+    rule = (
+        "the mean log-probability of its scored tokens"
+        if score == "mean"
+        else "the summed log-probability of its scored tokens"
+    )
+    scored = "the letter (A or B) after '('" if ab.get("format") == "letters" else "the whole answer"
+    out = [
+        "## A/B behavior set",
+        "",
+        f"Each answer is scored by {rule} ({scored}); p(match) = exp(s_match) / (exp(s_a) + exp(s_b)) per item. "
+        "The shift is the mean over items of (p under the spec − p under the baseline); SE is its paired standard "
+        "error, the interval a 95% Student-t interval; up/down count items whose p(match) rose/fell; saturated "
+        "items have p(match) < 0.05 or > 0.95.",
+        "",
+        _markdown_table(*_ab_rows(comparison)),
+        "",
+    ]
+    head, body = _ab_items_rows(comparison)
+    if body:
+        out += ["### p(match) per item", "", _markdown_table(head, body), ""]
+    return out
+
+
 def _markdown(comparison: Comparison, command: str, has_binding: bool, has_marginal: bool) -> str:
     info = comparison.inputs
     out = [f"# Comparison on {comparison.model}", ""]
@@ -269,6 +382,8 @@ def _markdown(comparison: Comparison, command: str, has_binding: bool, has_margi
     ]
     if comparison.run_id:
         out.append(f"- run store id: `{comparison.run_id}`")
+    for w in comparison.warnings:
+        out += ["", f"> **warning** ({w.span}): {_md(w.message)}" + (f" — {_md(w.hint)}" if w.hint else "")]
     out += ["", "## Summary", "", _markdown_table(*_summary_rows(comparison)), ""]
     out += [
         "ΔNLL/tok, KL (baseline ‖ constrained) and entropy are per predicted token of the reference corpus, "
@@ -278,6 +393,10 @@ def _markdown(comparison: Comparison, command: str, has_binding: bool, has_margi
         "",
         "![tax versus effect](frontier.png)",
         "",
+    ]
+    if comparison.rows[0].ab is not None:
+        out += _ab_markdown(comparison)
+    out += [
         "## Load and marginal tax",
         "",
         _markdown_table(*_load_rows(comparison)),

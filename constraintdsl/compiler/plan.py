@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from constraintdsl.errors import Diagnostic
 from constraintdsl.lang.spec import Spec
 from constraintdsl.models.loading import ModelIdentity
 
@@ -33,6 +34,7 @@ class Plan:
     entries: tuple[Entry, ...]
     concepts: Mapping[str, str]  # concept name → artifact path (or "<given>")
     model_ref: Any = field(default=None, repr=False, compare=False)  # the model it was resolved for
+    warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)  # severity "warning", by location
 
     def explain(self) -> str:
         """Human-readable resolved plan: layers, raw bounds per layer, positions, gates, groups."""

@@ -21,7 +21,6 @@ template, context length).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from constraintdsl.errors import Diagnostic, Span, SpecError, UserError
-from constraintdsl.files import read_bytes
-from constraintdsl.lang.loading import spec_sources
+from constraintdsl.lang.loading import concept_file_hash, spec_sources
 from constraintdsl.lang.nodes import Clamp, Layers, Op, Pin, Ref, Scale, Steer, Unit, Value
 from constraintdsl.lang.spec import Spec
 
@@ -109,7 +107,7 @@ def check_files(spec: Spec) -> Opened:
     Raises :class:`SpecError` with every problem found (located at the statements, or inside the data
     files); returns what was opened.
     """
-    from constraintdsl.concepts.artifact import load_artifact
+    from constraintdsl.concepts.interop import open_concept
     from constraintdsl.concepts.pairs import load_pairs
 
     problems = _Problems(spec)
@@ -117,20 +115,31 @@ def check_files(spec: Spec) -> Opened:
     base = Path(spec.path).parent
     for concept in spec.concepts:
         path = Path(os.path.normpath(base / concept.path))
-        kind = "concept" if concept.source == "file" else "pairs"
+        kind = "pairs" if concept.source == "pairs" else "concept"
         try:
-            data = read_bytes(path, kind, at=concept.path_span)
+            opened.hashes[f"concept:{concept.name}"] = concept_file_hash(
+                path, kind, at=concept.path_span, folder=concept.source == "sae"
+            )
         except UserError as e:
             problems.absorb(e, concept.path_span)
             continue
-        opened.hashes[f"concept:{concept.name}"] = "sha256:" + hashlib.sha256(data).hexdigest()
         try:
-            if concept.source == "file":
-                opened.artifacts[concept.name] = load_artifact(path, span=concept.path_span)
-            else:
+            if concept.source == "pairs":
                 opened.pairs[concept.name] = load_pairs(path, span=concept.path_span)
+            else:
+                art = open_concept(concept.source, path, feature=concept.feature, span=concept.path_span)
+                if concept.calibrated is None:  # else it gets its calibration from the pair set at compile time
+                    opened.artifacts[concept.name] = art
         except UserError as e:
             problems.absorb(e, concept.path_span)
+        if concept.calibrated is not None:
+            cpath = Path(os.path.normpath(base / concept.calibrated))
+            try:
+                key = f"concept:{concept.name}:calibrated"
+                opened.hashes[key] = concept_file_hash(cpath, "pairs", at=concept.calibrated_span)
+                load_pairs(cpath, span=concept.calibrated_span)
+            except UserError as e:
+                problems.absorb(e, concept.calibrated_span)
     for op in spec.constraints:
         _check_op(spec, op, opened, problems)
     problems.raise_if_any()

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from constraintdsl.concepts.artifact import PERCENTILE_LEVELS, ConceptArtifact, check_compatible, load_artifact
-from constraintdsl.concepts.build import build_concept
+from constraintdsl.concepts.artifact import PERCENTILE_LEVELS, ConceptArtifact, check_compatible
+from constraintdsl.concepts.build import build_concept, calibrate_concept
+from constraintdsl.concepts.interop import open_concept
 from constraintdsl.errors import Diagnostic, Span, SpecError, UserError
 from constraintdsl.lang.canonical import format_number, format_value, statement_dsl
 from constraintdsl.lang.loading import spec_sources
@@ -28,6 +29,7 @@ from constraintdsl.models.loading import ModelIdentity, model_identity
 from constraintdsl.models.sites import arch_sites, hf_module
 from constraintdsl.runtime import interventions
 
+from . import joint
 from .plan import Plan
 from .telemetry import Entry
 
@@ -41,9 +43,6 @@ TOKEN_CODES = {
     "last": interventions.LAST,
     "first": interventions.FIRST,
 }
-PARALLEL = 1.0 - 1e-6  # |cos| above this: the same direction (or its opposite)
-ORTHOGONAL = 1e-6  # |cos| below this: solved separately
-DEPENDENT = 1e-6  # smallest Gram eigenvalue below this: linearly dependent directions
 
 
 def check_plan_model(compiled_for: ModelIdentity, model: Any) -> None:
@@ -132,8 +131,17 @@ class _Resolver:
         else:
             path = self.base / concept.path
             try:
-                if concept.source == "file":
-                    art = load_artifact(path, span=concept.path_span)
+                if concept.source != "pairs":
+                    art = open_concept(concept.source, path, feature=concept.feature, span=concept.path_span)
+                    if concept.calibrated is not None:
+                        check_compatible(art, self.identity, concept.path_span)
+                        art = calibrate_concept(
+                            art,
+                            self.base / concept.calibrated,
+                            self.model,
+                            span=concept.calibrated_span,
+                            progress=self.progress,
+                        )
                 else:
                     art = build_concept(
                         path,
@@ -185,12 +193,28 @@ class _Resolver:
         assert isinstance(value, Value), "resolve() refuses a spec with variables before reading values"
         if value.unit is Unit.raw:
             return value.number
+        if value.unit is Unit.vec:
+            norm = art.norm(layer)
+            if norm is None:
+                self.error(
+                    span,
+                    f"concept '{name}' stores a unit direction only (it was extracted), so "
+                    f"'{format_value(value)}' (times the stored vector) has no meaning",
+                    "use calibrated units or raw; `vec` is for imported vectors (from gguf, svec, sae, .npy)",
+                )
+                return None
+            return value.number * norm
         cal = art.calibration
         if cal is None:
+            imported = art.norms is not None and art.layers is not None
             self.error(
                 span,
-                f"concept '{name}' is a raw vector without calibration, so '{format_value(value)}' has no meaning",
-                f"use raw units, e.g. {format_number(value.number)} raw",
+                f"concept '{name}' is {'an imported' if imported else 'a raw'} vector without calibration, "
+                f"so '{format_value(value)}' has no meaning",
+                f"use {format_number(value.number)} vec (times the stored vector) or raw units, or calibrate it: "
+                f'concept {name} from … calibrated on "pairs.yaml"'
+                if imported
+                else f"use raw units, e.g. {format_number(value.number)} raw",
             )
             return None
         row = art.row(layer)
@@ -240,16 +264,27 @@ def resolve(
     concepts: Mapping[str, ConceptArtifact] | None = None,
     base_dir: str | Path | None = None,
     progress: bool = True,
+    identity: ModelIdentity | None = None,
 ) -> Plan:
     """Resolve ``spec`` for ``model`` into a :class:`Plan`, or raise :class:`SpecError` with every problem.
 
     Concepts come from the spec's files (``from file``) or are extracted and cached (``from
     pairs``); ``concepts`` supplies artifacts by name instead (useful in tests and notebooks).
     ``base_dir`` is where relative concept paths start (default: the spec file's folder).
+    ``identity`` stands in for the model's own when ``model`` is only its config (no weights: then
+    every concept must be given, and the activation dtype is taken to be float32).
+
+    Amounts are judged per statement (:mod:`constraintdsl.amounts`): those no dtype can carry or beyond
+    1,000 pole distances are errors; the plan's ``warnings`` hold the legal ones that are likely not
+    what the author meant.
     """
+    from .amounts import judge, resolved_row
+
     _refuse_variables(spec)
-    identity = model_identity(model)
+    identity = identity or model_identity(model)
     arch = arch_sites(model)
+    dtype = _activation_dtype(model)
+    warnings: list[Diagnostic] = []
     n = identity.num_layers
     base = Path(base_dir) if base_dir is not None else Path(spec.path).parent
     r = _Resolver(spec, model, identity, base, concepts or {}, progress)
@@ -278,6 +313,8 @@ def resolve(
         if art is None or gate_id is None:
             continue
         tokens = (TOKEN_CODES[op.tokens.kind], op.tokens.count or 0)
+        label = {"label": statement_dsl(op), "where": str(op.span)}
+        rows = []
         for layer in layers:
             u = r.direction(art, op.concept, layer, op.span)
             if u is None:
@@ -302,13 +339,17 @@ def resolve(
                 span=op.span,
             )
             slot = site_slot(layer, op.site)
-            common = {"tokens": tokens[0], "count": tokens[1], "gate": gate_id, "entry": len(entries)}
+            common = {"tokens": tokens[0], "count": tokens[1], "gate": gate_id, "entry": len(entries), **label}
             if isinstance(op, Steer | Scale):
                 kind = interventions.STEER if isinstance(op, Steer) else interventions.SCALE
                 slot["actions"].append({"kind": kind, "u": u, "amount": lo, **common})
             else:
                 slot["members"].append({"u": u, "lo": lo, "hi": hi, "op": op, **common})
             entries.append(entry)
+            rows.append(resolved_row(art, layer, lo, hi))
+        errors, advice = judge(op, rows, float(torch.finfo(dtype).max), str(dtype).removeprefix("torch."))
+        r.diags.extend(errors)
+        warnings.extend(advice)
 
     for (layer, site), reads in gate_reads.items():
         site_slot(layer, site)["gate_reads"].extend(reads)
@@ -322,7 +363,27 @@ def resolve(
         raise SpecError(r.diags, spec_sources(spec))
     payload = {"sites": payload_sites, "n_entries": len(entries), "n_gates": len(gate_ids)}
     names = {name: (art.path or "<given>") for (name, _), art in r.artifacts.items() if art is not None}
-    return Plan(spec=spec, model=identity, payload=payload, entries=tuple(entries), concepts=names, model_ref=model)
+    warnings.sort(key=lambda d: (d.span.path, d.span.line, d.span.col))
+    return Plan(
+        spec=spec,
+        model=identity,
+        payload=payload,
+        entries=tuple(entries),
+        concepts=names,
+        model_ref=model,
+        warnings=tuple(warnings),
+    )
+
+
+def _activation_dtype(model: Any) -> torch.dtype:
+    """The dtype of the model's activations (its first floating parameter's); float32 when it has no
+    weights (a config) or none are floating."""
+    module = getattr(model, "__dict__", {}).get("_module", model)
+    if isinstance(module, torch.nn.Module):
+        for p in module.parameters():
+            if p.dtype.is_floating_point:
+                return p.dtype
+    return torch.float32
 
 
 def _refuse_variables(spec: Spec) -> None:
@@ -447,28 +508,19 @@ def _gate(
 
 
 def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
-    """Distinct directions, members mapped onto them, infeasibility checks, joint groups."""
+    """Distinct directions, members mapped onto them, infeasibility and dependence checks, joint groups."""
     members = slot.pop("members")
     slot["dirs"] = torch.zeros(0, 0)
     slot["bounds"] = []
     slot["groups"] = []
     if not members:
         return
-    dirs: list[torch.Tensor] = []
-    owners: list[list[dict[str, Any]]] = []
+    cols, signs, u = joint.distinct_directions([m["u"] for m in members])
+    owners: list[list[dict[str, Any]]] = [[] for _ in range(u.shape[0])]
     bounds: list[dict[str, Any]] = []
-    for m in members:
-        col, sign = -1, 1.0
-        for j, d in enumerate(dirs):
-            cos = float(torch.dot(d.double(), m["u"].double()))
-            if abs(cos) > PARALLEL:
-                col, sign = j, (1.0 if cos > 0 else -1.0)
-                break
-        if col < 0:
-            col = len(dirs)
-            dirs.append(m["u"])
-            owners.append([])
+    for m, col, sign in zip(members, cols, signs, strict=True):
         lo, hi = (m["lo"], m["hi"]) if sign > 0 else (-m["hi"], -m["lo"])
+        op = m["op"]
         member = {
             "dir": col,
             "lo": lo,
@@ -478,49 +530,40 @@ def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
             "count": m["count"],
             "gate": m["gate"],
             "entry": m["entry"],
+            "label": m["label"],
+            "where": m["where"],
         }
         for other in owners[col]:
             if _overlap((other["tokens"], 0), (m["tokens"], 0)) and (
                 other["lo"] > hi + 1e-6 * (1 + abs(hi)) or lo > other["hi"] + 1e-6 * (1 + abs(lo))
             ):
-                a, b = other["op"], m["op"]
+                a = other["op"]
                 r.error(
-                    b.span,
-                    f"infeasible at layer {slot['layer']}: `{statement_dsl(b)}` contradicts "
+                    op.span,
+                    f"infeasible at layer {slot['layer']}: `{statement_dsl(op)}` contradicts "
                     f"`{statement_dsl(a)}` (line {a.span.line}); no activation satisfies both",
                     "loosen one of the two bounds, or give them disjoint tokens (on prompt / on generated)",
                 )
-        owners[col].append({**member, "op": m["op"]})
+        owners[col].append({**member, "op": op})
         bounds.append(member)
-    u = torch.stack(dirs)
-    gram = u.double() @ u.double().T
-    if len(dirs) > 1 and float(torch.linalg.eigvalsh(gram).min()) < DEPENDENT:
-        names = ", ".join(f"`{statement_dsl(o[0]['op'])}`" for o in owners)
+    dep = joint.dependence(u)
+    if dep is not None:
+        ops = [owners[i][0]["op"] for i in dep.involved]
+        names = ", ".join(f"`{statement_dsl(op)}` (line {op.span.line})" for op in ops)
+        what = (
+            f"nearly parallel (|cos| = {dep.max_cos:.8f})"
+            if len(ops) == 2
+            else f"linearly dependent to within float precision (smallest Gram eigenvalue {dep.eigenvalue:.2g})"
+        )
         r.error(
-            owners[-1][0]["op"].span,
-            f"at layer {slot['layer']} the directions of {names} are linearly dependent, "
-            "so their joint bounds are ill-defined",
-            "drop one of these statements at this layer",
+            ops[-1].span,
+            f"at layer {slot['layer']} ({slot['site']}) the directions of {names} are linearly dependent: "
+            f"{what}; bounds on them jointly cannot be met exactly (the limit is an eigenvalue of {joint.DEPENDENT:g})",
+            "drop one of these statements at this layer, or bound both concepts through one of them",
         )
         return
-    # connected components of the non-orthogonality graph are solved jointly
-    k = len(dirs)
-    parent = list(range(k))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for i in range(k):
-        for j in range(i + 1, k):
-            if abs(float(gram[i, j])) > ORTHOGONAL:
-                parent[find(i)] = find(j)
-    comps: dict[int, list[int]] = {}
-    for i in range(k):
-        comps.setdefault(find(i), []).append(i)
     groups = []
-    for comp in comps.values():
+    for comp in joint.components(u):
         if len(comp) > interventions.MAX_JOINT:
             r.error(
                 owners[comp[-1]][0]["op"].span,
@@ -535,3 +578,4 @@ def _group_bounds(r: _Resolver, slot: dict[str, Any]) -> None:
     slot["dirs"] = u
     slot["bounds"] = bounds
     slot["groups"] = groups
+    slot["feasible"] = True  # no two bounds on one direction can contradict on a token (checked above)

@@ -14,6 +14,8 @@ tensor                    shape/dtype  meaning
                                        split named by metadata ``calibration_split``: ``test`` (held
                                        out, both poles) or, for a dataset without one, ``train``
 ``auroc``                 [L] f32      held-out AUROC of per-example mean projections (NaN: no test split)
+``norms``                 [L] f32      optional: the norm of the stored vector at each layer, for a direction
+                                       imported from another tool (the ``vec`` unit: times that vector)
 ========================  ===========  ======================================================
 
 String metadata (the safetensors header's ``__metadata__``) records the model id and revision, hidden size,
@@ -22,8 +24,8 @@ split and tool version.  An artifact without ``calibration_split`` (written befo
 percentiles.
 
 A ``.npy`` file holding one raw vector ``[H]`` is accepted too; it carries no calibration, so only raw units
-can be used with it.  Nothing else is loaded: a concept file can never run code (no pickle, no
-``torch.load``).
+(and ``vec``, times the vector itself) can be used with it.  Nothing else is loaded: a concept file can never
+run code (no pickle, no ``torch.load``).
 """
 
 from __future__ import annotations
@@ -120,6 +122,12 @@ class ConceptArtifact:
     calibration: Calibration | None
     metadata: Mapping[str, str] = field(default_factory=dict)
     path: str | None = None
+    norms: F32 | None = None  # [L]: the stored vector's norm per row (imported vectors, .npy); None: extracted
+
+    def norm(self, layer: int) -> float | None:
+        """The stored vector's norm at ``layer`` (what one ``vec`` is in raw units), or None when the
+        concept was extracted here (it stores a unit direction only)."""
+        return None if self.norms is None else float(self.norms[self.row(layer)])
 
     @property
     def hidden_size(self) -> int:
@@ -184,6 +192,8 @@ def _tensors(artifact: ConceptArtifact) -> dict[str, np.ndarray[Any, Any]]:
     if artifact.calibration is not None:
         for key, value in artifact.calibration.arrays().items():
             out[key] = np.ascontiguousarray(value, dtype=np.float32)
+    if artifact.norms is not None:
+        out["norms"] = np.ascontiguousarray(artifact.norms, dtype=np.float32)
     return out
 
 
@@ -307,7 +317,7 @@ def _load_safetensors(path: str, span: Span | None) -> ConceptArtifact:
         raise _fail(path, f"missing metadata: {', '.join(missing)}", "rebuild it with `cdsl concept build`", span)
     if meta["format"] != FORMAT_VERSION:
         raise _fail(path, f"unsupported concept format version {meta['format']!r} (expected {FORMAT_VERSION})")
-    known = {"directions", "layers", *CALIBRATION_KEYS}
+    known = {"directions", "layers", "norms", *CALIBRATION_KEYS}
     unknown = sorted(set(tensors) - known)
     if unknown:
         raise _fail(path, f"unexpected tensor(s): {', '.join(unknown)}", span=span)
@@ -364,7 +374,12 @@ def _load_safetensors(path: str, span: Span | None) -> ConceptArtifact:
         if np.any(arrays["std"] < 0):
             raise _fail(path, "'std' has negative values", span=span)
         calibration = Calibration(**arrays, levels=levels)
-    return ConceptArtifact(unit, layer_list, calibration, meta, path)
+    norms: F32 | None = None
+    if "norms" in tensors:
+        norms = np.asarray(tensors["norms"], dtype=np.float32)
+        if norms.shape != (n,) or not np.all(np.isfinite(norms)) or np.any(norms <= 0):
+            raise _fail(path, f"'norms' must be {n} positive finite numbers", span=span)
+    return ConceptArtifact(unit, layer_list, calibration, meta, path, norms)
 
 
 def _load_npy(path: str, span: Span | None) -> ConceptArtifact:
@@ -397,7 +412,7 @@ def _load_npy(path: str, span: Span | None) -> ConceptArtifact:
         "raw_norm": repr(norm),
         "units": "raw",
     }
-    return ConceptArtifact(unit, None, None, meta, path)
+    return ConceptArtifact(unit, None, None, meta, path, np.array([norm], dtype=np.float32))
 
 
 def load_artifact(path: str | Path, *, span: Span | None = None) -> ConceptArtifact:
@@ -445,7 +460,18 @@ def check_compatible(artifact: ConceptArtifact, identity: ModelIdentity, span: S
             f"concept '{name}' has hidden size {artifact.hidden_size} "
             f"(model {artifact.model_id or 'unknown'}), but model {identity.id} has hidden size "
             f"{identity.hidden_size}",
-            "extract the concept again for this model: cdsl concept build --pairs FILE --model MODEL",
+            "a vector made for another model does not fit this one"
+            if artifact.metadata.get("source") in ("gguf", "svec", "sae")
+            else "extract the concept again for this model: cdsl concept build --pairs FILE --model MODEL",
+            span,
+        )
+    hint_type = artifact.metadata.get("model_hint")
+    if hint_type and hint_type != identity.architecture:
+        raise _fail(
+            where,
+            f"concept '{name}' was made for a '{hint_type}' model, but model {identity.id} is "
+            f"'{identity.architecture}'",
+            "a vector made for another model does not transfer; use one made for this model",
             span,
         )
     if artifact.model_id is not None and artifact.model_id != identity.id:
@@ -470,6 +496,8 @@ def check_compatible(artifact: ConceptArtifact, identity: ModelIdentity, span: S
         if beyond:
             raise _fail(
                 where,
-                f"concept '{name}' has layer(s) {beyond}, but model {identity.id} has {identity.num_layers} layers",
-                span=span,
+                f"concept '{name}' has layer(s) {beyond}, but model {identity.id} has {identity.num_layers} layers "
+                f"(0..{identity.num_layers - 1})",
+                "a vector made for a deeper model does not fit this one",
+                span,
             )

@@ -9,6 +9,10 @@ Token selection (the tokens whose activations count):
   others) — with a tokenizer that adds a BOS token that first token is the BOS.
 - padding is never counted (batches are right-padded with an attention mask; rows never see each other).
 
+A pair set's ``read`` narrows that selection (:data:`constraintdsl.pairs.READS`): ``all`` (default) counts every
+such token, ``first`` only the first of them (the first completion token; for plain pairs the token after the
+sink), ``last`` only the last one (the final completion token: the answer letter of a "(A)"/"(B)" pair).
+
 Methods (per layer, from the ``train`` split):
 
 - ``mean``: ``normalize(mean(positive tokens) - mean(negative tokens))``, token-weighted, so the pole distance
@@ -70,6 +74,7 @@ __all__ = [
     "layer_table",
     "recommended_layers",
     "resolve_layers",
+    "token_selection",
 ]
 
 METHODS: tuple[str, ...] = ("mean", "pca")
@@ -78,17 +83,39 @@ TOKEN_SELECTION_CHAT = (
     "chat: assistant completion tokens only (prompt and chat-template tokens excluded); padding excluded"
 )
 TOKEN_SELECTION_PLAIN = "plain: every token but the first of each sequence (attention sink); padding excluded"
+_READ_SELECTION = {
+    "all": "",
+    "first": "; read: first (only the first counted token of each completion)",
+    "last": "; read: last (only the last token of each completion)",
+}
+
+
+def token_selection(chat: bool, read: str = "all") -> str:
+    """The artifact's ``token_selection`` metadata: which tokens of a pair set are counted."""
+    return (TOKEN_SELECTION_CHAT if chat else TOKEN_SELECTION_PLAIN) + _READ_SELECTION[read]
 
 
 @dataclass(frozen=True, slots=True)
 class EncodedItem:
-    """One tokenized completion: ``ids``, counted tokens ``ids[start:]``, its pair, pole (+1/-1) and split."""
+    """One tokenized completion: ``ids``, counted tokens ``ids[start:end]`` (``end`` None: to the end), its
+    pair, pole (+1/-1) and split."""
 
     ids: tuple[int, ...]
     start: int
     pair: int
     pole: int
     split: str
+    end: int | None = None
+
+    @property
+    def stop(self) -> int:
+        """The end of the counted tokens (exclusive)."""
+        return len(self.ids) if self.end is None else self.end
+
+    @property
+    def counted(self) -> int:
+        """How many tokens are counted."""
+        return self.stop - self.start
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -131,7 +158,8 @@ def resolve_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
 
 
 def encode_pairs(tokenizer: Any, pairs: PairSet) -> list[EncodedItem]:
-    """Tokenize both completions of every pair (positive first), marking which tokens are counted."""
+    """Tokenize both completions of every pair (positive first), marking which tokens are counted (the
+    completion's, narrowed by the set's ``read``: all of them, the first or the last)."""
     items: list[EncodedItem] = []
     chat = pairs.is_chat
     if chat and not getattr(tokenizer, "chat_template", None):
@@ -160,7 +188,12 @@ def encode_pairs(tokenizer: Any, pairs: PairSet) -> list[EncodedItem]:
                 if where is not None:
                     raise SpecError.single(where, message, hint)
                 raise UserError(pairs.path, message, hint)
-            items.append(EncodedItem(tuple(int(i) for i in ids), start, index, pole, pair.split))
+            end = None
+            if pairs.read == "first":
+                end = start + 1
+            elif pairs.read == "last":
+                start = len(ids) - 1
+            items.append(EncodedItem(tuple(int(i) for i in ids), start, index, pole, pair.split, end))
     return items
 
 
@@ -185,7 +218,7 @@ def _tensors(batch: list[EncodedItem], pad_id: int) -> tuple[torch.Tensor, torch
         n = len(item.ids)
         ids[row, :n] = torch.tensor(item.ids, dtype=torch.long)
         mask[row, :n] = 1
-        counted[row, item.start : n] = True
+        counted[row, item.start : item.stop] = True
     return ids, mask, counted
 
 
@@ -320,7 +353,7 @@ def _row_index(batch: list[EncodedItem], device: torch.device) -> tuple[torch.Te
 
     Tokens are in the order :func:`_run` gathers them: row by row, left to right.
     """
-    counts = torch.tensor([len(item.ids) - item.start for item in batch], dtype=torch.long, device=device)
+    counts = torch.tensor([item.counted for item in batch], dtype=torch.long, device=device)
     poles = torch.tensor([item.pole for item in batch], dtype=torch.long, device=device)
     rows = torch.repeat_interleave(torch.arange(len(batch), device=device), counts)
     return counts, poles, rows
@@ -371,7 +404,7 @@ class _TrainSums:
     def add(self, batch: list[EncodedItem], outs: list[Any]) -> None:
         """Fold in one batch's per-layer reductions ``[pole_sums, shift, moment, row_means]``."""
         for pole in (1, -1):
-            self.count[pole] += sum(len(item.ids) - item.start for item in batch if item.pole == pole)
+            self.count[pole] += sum(item.counted for item in batch if item.pole == pole)
         row_means: torch.Tensor | None = None  # [L, B, H] float64 (pca only)
         for row, (pole_sums, shift, moment, means) in enumerate(outs):
             if self.sum is None:
@@ -446,7 +479,7 @@ class _Projections:
     def __init__(self, directions: torch.Tensor, items: list[EncodedItem]) -> None:
         self.directions = directions  # [L, H] float64
         n_layers = directions.shape[0]
-        self.tokens = np.zeros((n_layers, sum(len(item.ids) - item.start for item in items)))  # [L, N]
+        self.tokens = np.zeros((n_layers, sum(item.counted for item in items)))  # [L, N]
         self.examples = np.zeros((n_layers, len(items)))  # [L, M] per-example mean projections
         self.example_poles = np.zeros(len(items), dtype=np.int64)
         self.token_offset = self.example_offset = 0
@@ -520,8 +553,12 @@ def extract(
     progress: bool = True,
     remote: bool | str = False,
     timeout: float | None = None,
+    fixed: np.ndarray[Any, Any] | None = None,
 ) -> ConceptArtifact:
     """Extract and calibrate ``pairs``' concept at ``layers`` (all by default) of ``site`` in ``model``.
+
+    With ``fixed`` (unit directions ``[len(layers), H]``, e.g. an imported vector) nothing is extracted:
+    those directions are calibrated on ``pairs`` exactly as an extracted one would be (method ``fixed``).
 
     ``model`` is an nnsight ``TransformersModel`` with a tokenizer; ``batch_size`` counts sequences per
     forward pass (each pair is two).  Every sequence is forwarded once when the dataset has a ``test`` split
@@ -562,9 +599,14 @@ def extract(
     with torch.no_grad():
         # With a test split the train variance comes exactly from the H x H sums; without one the second pass
         # over train projects every token anyway, so the sums would be wasted work.
-        sums = _TrainSums(len(chosen), pca=method == "pca", second_moment=bool(test), local=not remote)
+        sums = _TrainSums(
+            len(chosen), pca=method == "pca" and fixed is None, second_moment=bool(test), local=not remote
+        )
         forward(train, "train" if test else "train, pass 1/2", sums)
-        directions = _directions(sums, method, pairs)
+        if fixed is not None:
+            directions = torch.as_tensor(np.asarray(fixed, dtype=np.float64), device=device)
+        else:
+            directions = _directions(sums, method, pairs)
         projections = _Projections(directions, test or train)
         forward(test or train, "test (held out)" if test else "train, pass 2/2 (percentiles)", projections)
         train_stats = {k: v.cpu().numpy() for k, v in sums.projection_stats(directions).items()}
@@ -589,14 +631,17 @@ def extract(
         "negative": pairs.negative_label,
         **_identity_metadata(model),
         "site": site,
-        "method": method,
+        "method": "fixed" if fixed is not None else method,
         "layers": json.dumps(chosen),
         "dataset_sha256": pairs.sha256,
         "train_pairs": str(len(pairs.train)),
         "test_pairs": str(len(pairs.test)),
         "train_tokens": json.dumps({"positive": sums.count[1], "negative": sums.count[-1]}),
-        "token_selection": TOKEN_SELECTION_CHAT if pairs.is_chat else TOKEN_SELECTION_PLAIN,
-        "weighting": "token" if method == "mean" else "example (paired differences of per-example means)",
+        "token_selection": token_selection(pairs.is_chat, pairs.read),
+        "read": pairs.read,
+        "weighting": "token"
+        if method == "mean" or fixed is not None
+        else "example (paired differences of per-example means)",
         "percentile_levels": json.dumps(list(PERCENTILE_LEVELS)),
         "calibration_split": "test" if test else "train",
         "tool_version": tool_version(),

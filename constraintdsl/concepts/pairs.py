@@ -6,6 +6,7 @@ A dataset names a concept and its two poles and lists pairs of texts that differ
     description: Positive versus negative emotional tone.
     positive: positive
     negative: negative
+    read: all                                    # which completion tokens count: all (default), first, last
     pairs:
       - positive: "What a lovely morning, I feel great."
         negative: "What a dreary morning, I feel awful."
@@ -14,7 +15,8 @@ A dataset names a concept and its two poles and lists pairs of texts that differ
         negative: "Dull, I regretted going."
         split: test                              # train (default) or test
 
-A JSONL file holds one pair object per line with the same keys; its concept name is the file's stem.
+A JSONL file holds one pair object per line with the same keys; its concept name is the file's stem, and every
+completion token is read (``read: all``).
 
 Every problem is a :class:`~constraintdsl.errors.SpecError` located at ``file:line:col``.  YAML is
 parsed with PyYAML's safe composer only (no object construction), aliases and duplicate keys are refused.
@@ -34,10 +36,12 @@ import yaml
 from constraintdsl.errors import Diagnostic, Span, SpecError, UserError, did_you_mean
 from constraintdsl.files import read_bytes
 
-__all__ = ["PAIR_KEYS", "SPLITS", "TOP_KEYS", "Pair", "PairSet", "load_pairs"]
+__all__ = ["PAIR_KEYS", "READS", "SPLITS", "TOP_KEYS", "Pair", "PairSet", "load_pairs"]
 
 SPLITS: tuple[str, ...] = ("train", "test")
-TOP_KEYS: tuple[str, ...] = ("concept", "description", "positive", "negative", "pairs")
+# which tokens of each completion are read: every one, the first, or the last (e.g. an answer letter)
+READS: tuple[str, ...] = ("all", "first", "last")
+TOP_KEYS: tuple[str, ...] = ("concept", "description", "positive", "negative", "read", "pairs")
 PAIR_KEYS: tuple[str, ...] = ("prompt", "positive", "negative", "split")
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -72,7 +76,8 @@ class Pair:
 
 @dataclass(frozen=True, slots=True)
 class PairSet:
-    """A loaded pair dataset; ``sha256`` is the hex digest of the file's bytes (part of the cache key)."""
+    """A loaded pair dataset; ``sha256`` is the hex digest of the file's bytes (part of the cache key);
+    ``read`` says which completion tokens are read (:data:`READS`, part of the cache key too)."""
 
     path: str
     concept: str
@@ -81,6 +86,7 @@ class PairSet:
     negative_label: str
     pairs: tuple[Pair, ...]
     sha256: str
+    read: str = "all"
 
     @property
     def train(self) -> tuple[Pair, ...]:
@@ -212,6 +218,13 @@ def _parse_yaml(p: _Problems, data: bytes) -> tuple[dict[str, Any], list[Pair]]:
             f"the two poles have the same name '{header['positive']}'",
             "name the positive and the negative pole differently (e.g. positive / negative)",
         )
+    if "read" in top:
+        read = _yaml_string(p, top["read"][1], "'read'")
+        if read is not None and read not in READS:
+            hint = did_you_mean(read, READS) or f"use one of: {', '.join(READS)}"
+            p.add(_span(p.path, top["read"][1]), f"unknown read '{read}': which completion tokens to read", hint)
+        elif read is not None:
+            header["read"] = read
     pairs: list[Pair] = []
     if "pairs" not in top:
         p.add(Span(p.path, 1, 1), "missing required key 'pairs'")
@@ -404,4 +417,5 @@ def load_pairs(path: str | Path, *, span: Span | None = None) -> PairSet:
         negative_label=str(header["negative"]),
         pairs=tuple(pairs),
         sha256=hashlib.sha256(data).hexdigest(),
+        read=str(header.get("read") or "all"),
     )

@@ -167,7 +167,13 @@ def statement_dsl(stmt: Concept | Include | Let | Op) -> str:
         return f"include {_quote(stmt.path)}"
     if isinstance(stmt, Concept):
         text = f"concept {stmt.name} from {stmt.source} {_quote(stmt.path)}"
-        return text if stmt.method == "mean" else f"{text} method {stmt.method}"
+        if stmt.method != "mean":
+            text += f" method {stmt.method}"
+        if stmt.feature is not None:
+            text += f" feature {stmt.feature}"
+        if stmt.calibrated is not None:
+            text += f" calibrated on {_quote(stmt.calibrated)}"
+        return text
     parts = [_op_head(stmt), format_where(stmt.where)]
     if stmt.site != "resid":
         parts.append(f"in {stmt.site}")
@@ -280,6 +286,10 @@ def to_dict(spec: SpecLike) -> dict[str, Any]:
             entry: dict[str, Any] = {"from": c.source, "path": c.path}
             if c.method != "mean":
                 entry["method"] = c.method
+            if c.feature is not None:
+                entry["feature"] = c.feature
+            if c.calibrated is not None:
+                entry["calibrated"] = c.calibrated
             concepts[c.name] = entry
         d["concepts"] = concepts
     if spec.lets:
@@ -310,8 +320,11 @@ def _flow(data: Any) -> str:
     """One line of YAML flow text for a scalar or a mapping; checked to read back unchanged."""
     text = yaml.safe_dump(data, default_flow_style=True, allow_unicode=True, width=1_000_000, sort_keys=False)
     text = text.removesuffix("\n").removesuffix("\n...").strip()
-    if yaml.safe_load(text) == data:
-        return text
+    try:
+        if yaml.safe_load(text) == data:
+            return text
+    except yaml.YAMLError:  # pyyaml can dump a string it cannot read back plain (e.g. "\xa0`")
+        pass
     # pyyaml leaves some odd strings plain (or splits them in flow context): quote every string
     if isinstance(data, dict):
         return "{" + ", ".join(f"{_flow_item(k)}: {_flow_item(v)}" for k, v in data.items()) + "}"

@@ -74,7 +74,13 @@ def _op_fields(op: Op) -> dict[str, str]:
 
 
 def _concept_fields(c: Concept) -> dict[str, str]:
-    return {"from": c.source, "path": c.path, "method": c.method}
+    return {
+        "from": c.source,
+        "path": c.path,
+        "method": c.method,
+        "feature": "none" if c.feature is None else str(c.feature),
+        "calibrated": "none" if c.calibrated is None else c.calibrated,
+    }
 
 
 def _changed(a: dict[str, str], b: dict[str, str]) -> tuple[tuple[str, str, str], ...]:

@@ -17,7 +17,17 @@ from .parser import is_yaml_path, normalize_text, parse_file_statements
 from .spec import Spec
 from .validate import assemble, check_concepts, check_lets
 
-__all__ = ["MAX_BYTES", "concept_hashes", "load", "parse", "parse_file", "read_text", "spec_sources"]
+__all__ = [
+    "MAX_BYTES",
+    "SAE_FILES",
+    "concept_file_hash",
+    "concept_hashes",
+    "load",
+    "parse",
+    "parse_file",
+    "read_text",
+    "spec_sources",
+]
 
 MAX_BYTES = LIMITS["spec"]
 
@@ -172,10 +182,13 @@ def _include_problem(target: Path) -> str | None:
 
 
 def _rebase(concept: Concept, folder: Path, root_folder: Path) -> Concept:
-    if folder == root_folder or PurePosixPath(concept.path).is_absolute():
-        return concept
-    rel = os.path.relpath(folder / concept.path, root_folder)
-    return replace(concept, path=PurePosixPath(Path(rel)).as_posix())
+    def rebased(path: str) -> str:
+        if folder == root_folder or PurePosixPath(path).is_absolute():
+            return path
+        return PurePosixPath(Path(os.path.relpath(folder / path, root_folder))).as_posix()
+
+    calibrated = None if concept.calibrated is None else rebased(concept.calibrated)
+    return replace(concept, path=rebased(concept.path), calibrated=calibrated)
 
 
 def spec_sources(spec: Spec) -> dict[str, str]:
@@ -192,8 +205,25 @@ def _texts(sources: dict[str, str], paths: tuple[Path, ...] | list[Path]) -> dic
     return out
 
 
+# The files of a sae-lens SAE folder that a concept reads (docs/interop.md).
+SAE_FILES = ("cfg.json", "sae_weights.safetensors")
+
+
+def concept_file_hash(path: str | os.PathLike[str], kind: str, *, at: Span | None = None, folder: bool = False) -> str:
+    """``sha256:<hex>`` of a concept file's or pair set's bytes (``kind``: ``"concept"`` or ``"pairs"``); with
+    ``folder`` (an SAE, ``from sae``), of its folder's :data:`SAE_FILES` in order.  Each file is read as :func:`constraintdsl.files.read_bytes`
+    reads it (a regular file within the size limit), so a problem is a located error."""
+    p = Path(path)
+    h = hashlib.sha256()
+    for f in [p / name for name in SAE_FILES] if folder and p.is_dir() else [p]:
+        h.update(read_bytes(f, kind, at=at))
+    return "sha256:" + h.hexdigest()
+
+
 def concept_hashes(spec: Spec) -> dict[str, str]:
-    """``concept:NAME`` → sha256 of the file each concept names (pairs data or artifact).
+    """``concept:NAME`` → sha256 of the file each concept names (pairs data, artifact or imported vector;
+    for an SAE folder, its ``cfg.json`` and weights), and ``concept:NAME:calibrated`` → sha256 of the pair
+    set a ``calibrated on`` clause names.
 
     Paths are relative to the spec's folder.  A missing or unreadable file (or one that is not a regular
     file, or too large) is an error at the statement that names it; every such problem is reported.
@@ -202,13 +232,16 @@ def concept_hashes(spec: Spec) -> dict[str, str]:
     out: dict[str, str] = {}
     diags: list[Diagnostic] = []
     for c in spec.concepts:
-        p = Path(os.path.normpath(base / c.path))
-        try:
-            data = read_bytes(p, "concept" if c.source == "file" else "pairs", at=c.path_span)
-        except SpecError as e:
-            diags.extend(e.diagnostics)
-            continue
-        out[f"concept:{c.name}"] = "sha256:" + hashlib.sha256(data).hexdigest()
+        named = [(f"concept:{c.name}", c.path, c.path_span)]
+        if c.calibrated is not None:
+            named.append((f"concept:{c.name}:calibrated", c.calibrated, c.calibrated_span))
+        for key, path, span in named:
+            p = Path(os.path.normpath(base / path))
+            kind = "pairs" if c.source == "pairs" or key.endswith(":calibrated") else "concept"
+            try:
+                out[key] = concept_file_hash(p, kind, at=span, folder=kind == "concept" and c.source == "sae")
+            except SpecError as e:
+                diags.extend(e.diagnostics)
     if diags:
         raise SpecError(diags, spec_sources(spec))
     return out

@@ -15,11 +15,13 @@ from typing import ClassVar, Literal, Protocol, TypeAlias, runtime_checkable
 from constraintdsl.errors import Span
 
 __all__ = [
+    "CONCEPT_SOURCES",
     "SITES",
     "TOKEN_KINDS",
     "Ablate",
     "Clamp",
     "Concept",
+    "ConceptSource",
     "Depth",
     "Gate",
     "Include",
@@ -42,16 +44,21 @@ __all__ = [
 
 SITES: tuple[str, ...] = ("resid", "attn", "mlp")
 TOKEN_KINDS: tuple[str, ...] = ("all", "prompt", "generated", "last", "first")
+# Where a concept's direction comes from: extracted from pairs, a concept file, or imported from another tool.
+CONCEPT_SOURCES: tuple[str, ...] = ("pairs", "file", "gguf", "svec", "sae")
+ConceptSource: TypeAlias = Literal["pairs", "file", "gguf", "svec", "sae"]
 NO_SPAN = Span("<spec>", 1, 1)
 
 
 class Unit(str, enum.Enum):
-    """How a value is measured: calibrated (bare number), raw projection, percentile, or std devs."""
+    """How a value is measured: calibrated (bare number), raw projection, percentile, std devs, or
+    ``vec``: times the stored vector's norm at that layer (imported vectors keep their norms)."""
 
     calibrated = "calibrated"
     raw = "raw"
     percentile = "percentile"
     sd = "sd"
+    vec = "vec"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +127,25 @@ class Gate:
 
 @dataclass(frozen=True, slots=True)
 class Concept:
-    """``concept NAME from pairs|file "PATH" [method mean|pca]``."""
+    """``concept NAME from SOURCE "PATH" [method mean|pca] [feature N] [calibrated on "pairs.yaml"]``.
+
+    ``source`` is ``pairs`` (extracted), ``file`` (a concept artifact or a raw ``.npy`` vector), or an
+    import: ``gguf`` (a llama.cpp control vector), ``svec`` (an IBM activation-steering vector) or ``sae``
+    (a sae-lens folder; ``feature`` picks the decoder row).  ``calibrated`` names a pair set on which an
+    imported direction is calibrated (as extraction calibrates its own).
+    """
 
     keyword: ClassVar[str] = "concept"
     name: str
-    source: Literal["pairs", "file"]
+    source: ConceptSource
     path: str
     method: Literal["mean", "pca"] = "mean"
+    feature: int | None = None
+    calibrated: str | None = None
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
     name_span: Span = field(default=NO_SPAN, compare=False, repr=False)
     path_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    calibrated_span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

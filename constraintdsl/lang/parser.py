@@ -24,10 +24,12 @@ from constraintdsl.errors import Diagnostic, Span, clip, describe_char, did_you_
 
 from .canonical import format_layers, format_number, format_value
 from .nodes import (
+    CONCEPT_SOURCES,
     OP_CLASSES,
     SITES,
     TOKEN_KINDS,
     Concept,
+    ConceptSource,
     Depth,
     Gate,
     Include,
@@ -47,11 +49,15 @@ from .syntax_errors import EXAMPLES, MESSAGES
 __all__ = ["Header", "grammar_path", "normalize_text", "parse_file_statements", "parse_fragment"]
 
 FRAGMENT_RULES = ("value", "layer_list", "percent_range", "tokens_sel", "gate_expr", "let_values")
-UNITS = ("raw", "sd")
+UNITS = ("raw", "sd", "vec")
 METHODS = ("mean", "pca")
-SOURCES = ("pairs", "file")
+SOURCES = CONCEPT_SOURCES
+IMPORTED = ("gguf", "svec", "sae")  # directions made by other tools (docs/interop.md)
 PAIR_SUFFIXES = (".yaml", ".yml", ".jsonl")
 ARTIFACT_SUFFIXES = (".safetensors", ".npy")
+SOURCE_SUFFIXES = {"gguf": ".gguf", "svec": ".svec"}
+MAX_FEATURE = 100_000_000
+Index = int  # (inside _Builder, `int` names its method)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 MAX_INT = {"version": 1_000_000, "layer": 99_999, "token count": 100_000_000}
 _CLAUSE_KEYS = {"layers": "at", "depth": "at", "site": "in", "tokens": "on", "gate": "when"}
@@ -199,41 +205,87 @@ class _Builder:
         return text
 
     def concept(self, tree: Tree[Token], span: Span) -> Concept:
-        name_tok, source_tok, path_tok = (cast(Token, k) for k in _kids(tree)[:3])
+        kids = _kids(tree)
+        name_tok, source_tok, path_tok = (cast(Token, k) for k in kids[:3])
         source = str(source_tok)
         if source not in SOURCES:
             self.error(
                 self.tok_span(source_tok),
                 f"unknown concept source '{clip(source)}'",
                 did_you_mean(source, SOURCES)
-                or 'a concept comes `from pairs "data.yaml"` or `from file "x.safetensors"`',
+                or 'a concept comes `from pairs "data.yaml"`, `from file "x.safetensors"`, `from gguf "x.gguf"`, '
+                '`from svec "x.svec"` or `from sae "folder" feature N`',
             )
             source = "pairs"
+            known = False
+        else:
+            known = True
         method = "mean"
-        if len(_kids(tree)) > 3:
-            mtree = cast(Tree[Token], _kids(tree)[3])
-            mtok = cast(Token, _kids(mtree)[0])
-            method = str(mtok)
-            if method not in METHODS:
+        feature: int | None = None
+        calibrated: str | None = None
+        calibrated_span = Span(self.path, self.line, 1)
+        seen: dict[str, Tree[Token]] = {}
+        for option in cast(list[Tree[Token]], kids[3:]):
+            kind = str(option.data)
+            if kind in seen:
                 self.error(
-                    self.tok_span(mtok),
-                    f"unknown method '{clip(method)}'",
-                    did_you_mean(method, METHODS) or "methods: mean, pca",
+                    self.tree_span(option),
+                    f"a second `{kind}` in one concept statement",
+                    f"keep the one at column {self.tree_span(seen[kind]).col}",
                 )
-                method = "mean"
-            elif source == "file":
-                self.error(self.tree_span(mtree), *METHOD_ON_FILE)
+                continue
+            seen[kind] = option
+            tok = cast(Token, _kids(option)[0])
+            if kind == "method":
+                method = str(tok)
+                if method not in METHODS:
+                    self.error(
+                        self.tok_span(tok),
+                        f"unknown method '{clip(method)}'",
+                        did_you_mean(method, METHODS) or "methods: mean, pca",
+                    )
+                    method = "mean"
+                elif source != "pairs":
+                    self.error(self.tree_span(option), *METHOD_ON_FILE)
+            elif kind == "feature":
+                if source != "sae":
+                    self.error(self.tree_span(option), *FEATURE_ON_OTHER)
+                else:
+                    feature = self.feature(tok)
+            else:
+                calibrated = self.string(tok)
+                calibrated_span = self.tok_span(tok)
+                problem = calibration_problem(source, calibrated)
+                if problem is not None:
+                    self.error(self.tree_span(option) if source == "pairs" else calibrated_span, *problem)
+        if source == "sae" and "feature" not in seen:
+            self.error(span, *FEATURE_MISSING)
         path = self.string(path_tok)
-        self._check_concept_path(source, path, self.tok_span(path_tok))
+        if known:
+            self._check_concept_path(source, path, self.tok_span(path_tok))
         return Concept(
             str(name_tok),
-            cast(Literal["pairs", "file"], source),
+            cast(ConceptSource, source),
             path,
             cast(Literal["mean", "pca"], method),
+            feature,
+            calibrated,
             span=span,
             name_span=self.tok_span(name_tok),
             path_span=self.tok_span(path_tok),
+            calibrated_span=calibrated_span,
         )
+
+    def feature(self, tok: Token) -> Index | None:
+        """``feature N``: an SAE feature index (a decoder row), for ``from sae`` only."""
+        text = str(tok)
+        if text.startswith("-"):
+            self.error(self.tok_span(tok), f"feature {text} is negative", "features are numbered from 0")
+            return None
+        if len(text.lstrip("+")) > 9 or int(text) > MAX_FEATURE:
+            self.error(self.tok_span(tok), f"feature {clip(text, 20)} is out of range", None)
+            return None
+        return int(text)
 
     def let(self, tree: Tree[Token], span: Span) -> Let:
         name_tok, values_tree = cast(Token, _kids(tree)[0]), cast(Tree[Token], _kids(tree)[1])
@@ -351,8 +403,9 @@ class _Builder:
             value = Value(number, Unit.percentile)
         else:
             number = float(str(toks[0]))
-            if not math.isfinite(number):
-                self.error(span, f"number {toks[0]} is not finite", "use a number within float range")
+            problem = number_problem(number, str(toks[0]))
+            if problem is not None:
+                self.error(span, *problem)
                 return None
             unit = Unit.calibrated
             if len(toks) > 1:
@@ -361,7 +414,7 @@ class _Builder:
                     self.error(
                         self.tok_span(toks[1]),
                         f"unknown unit '{clip(word)}'",
-                        did_you_mean(word, UNITS) or "units: none (calibrated), raw, sd, or a percentile like p25",
+                        did_you_mean(word, UNITS) or "units: none (calibrated), raw, sd, vec, or a percentile like p25",
                     )
                     return None
                 unit = Unit(word)
@@ -484,6 +537,22 @@ STEER_PERCENTILE = ("a percentile is a position, not a displacement", "steer by 
 SCALE_UNIT = ("`scale` takes a plain factor, without a unit", "scale sentiment by 0.5")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # every projection is computed in float32
+
+
+def number_problem(number: float, text: str) -> tuple[str, str] | None:
+    """Why a number written in a spec can never be used, whatever the model: not finite, or beyond float32's
+    range, in which every projection is computed (``text`` is the number as written)."""
+    if not math.isfinite(number):
+        return f"number {clip(text, 30)} is not finite", "use a finite number"
+    if abs(number) > FLOAT32_MAX:
+        return (
+            f"number {clip(text, 30)} is beyond float32's range (±3.4e38), in which every projection is computed",
+            "a bare number is in pole distances (calibrated units); effects beyond 1,000 pole distances are refused",
+        )
+    return None
+
+
 def unit_problem(value: Value, context: str) -> tuple[str, str] | None:
     """Why ``value`` makes no sense in ``context`` (``steer``/``scale``; others take any unit), if it doesn't."""
     if context == "steer" and value.unit is Unit.percentile:
@@ -518,10 +587,36 @@ def concept_path_problem(source: str, path: str) -> tuple[str, str | None] | Non
         )
     if source == "pairs" and suffix not in PAIR_SUFFIXES:
         return f"a pairs file must be .yaml, .yml or .jsonl, not '{clip(suffix or path)}'", None
+    wanted = SOURCE_SUFFIXES.get(source)
+    if wanted is not None and suffix != wanted:
+        return (
+            f"a `from {source}` file must end in {wanted}, not '{clip(suffix or path)}'",
+            "from gguf: a llama.cpp control vector (.gguf); from svec: an activation-steering vector (.svec)",
+        )
     return None
 
 
 METHOD_ON_FILE = ("`method` applies to `from pairs` only", "a concept file already holds its direction; drop `method`")
+FEATURE_ON_OTHER = ("`feature` applies to `from sae` only", 'an SAE feature: concept NAME from sae "folder" feature 12')
+FEATURE_MISSING = (
+    "`from sae` needs a feature index",
+    'name the decoder row to use: concept NAME from sae "folder" feature 12',
+)
+
+
+def calibration_problem(source: str, path: str) -> tuple[str, str | None] | None:
+    """What is wrong with ``calibrated on PATH`` for a concept from ``source``, if anything."""
+    if source == "pairs":
+        return ("a concept from pairs is calibrated on its own pairs", "drop `calibrated on`")
+    if not path.strip():
+        return None
+    suffix = Path(path).suffix.lower()
+    if suffix not in PAIR_SUFFIXES:
+        return (
+            f"a calibration set is a pairs file (.yaml, .yml or .jsonl), not '{clip(suffix or path)}'",
+            'calibrated on "pairs.yaml" (the format of docs/concepts.md)',
+        )
+    return None
 
 
 def canonical_layers(items: list[LayerRange]) -> tuple[LayerRange, ...]:

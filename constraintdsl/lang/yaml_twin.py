@@ -24,7 +24,19 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from constraintdsl.errors import Diagnostic, Span, clip, describe_char, did_you_mean
 
 from .nodes import OP_CLASSES, SITES, Concept, LayerRange, Layers, Let, Op, Ref, Statement, Value
-from .parser import MAX_INT, METHOD_ON_FILE, Header, concept_path_problem, parse_fragment, parse_statement
+from .parser import (
+    FEATURE_MISSING,
+    FEATURE_ON_OTHER,
+    MAX_FEATURE,
+    MAX_INT,
+    METHOD_ON_FILE,
+    Header,
+    calibration_problem,
+    concept_path_problem,
+    number_problem,
+    parse_fragment,
+    parse_statement,
+)
 
 __all__ = ["ConceptEntry", "Document", "json_schema", "parse_yaml"]
 
@@ -34,12 +46,19 @@ LayersField = int | list[int] | str
 
 
 class ConceptEntry(BaseModel):
-    """``concepts: {NAME: {from: pairs|file, path: ..., method: mean|pca}}``."""
+    """``concepts: {NAME: {from: pairs|file|gguf|svec|sae, path: ..., method: mean|pca, feature: N,
+    calibrated: pairs.yaml}}``."""
 
     model_config = _Strict
-    from_: Literal["pairs", "file"] = Field(alias="from", description="pairs: contrastive examples; file: an artifact")
+    from_: Literal["pairs", "file", "gguf", "svec", "sae"] = Field(
+        alias="from",
+        description="pairs: contrastive examples; file: an artifact; gguf: a llama.cpp control vector; "
+        "svec: an activation-steering vector; sae: a sae-lens folder (with `feature`)",
+    )
     path: str = Field(description="relative to this spec file")
     method: Literal["mean", "pca"] = "mean"
+    feature: int | None = Field(None, description="from sae: the feature (decoder row) to use")
+    calibrated: str | None = Field(None, description="a pairs file to calibrate an imported direction on")
 
 
 class _OpEntry(BaseModel):
@@ -237,7 +256,9 @@ _EXPECT = {
     "concepts": "a mapping of concept names",
     "constraints": "a list",
     "let": "a mapping of names to lists of values, like {floor: [0.1, 0.3]}",
-    "from": "`pairs` or `file`",
+    "from": "`pairs`, `file`, `gguf`, `svec` or `sae`",
+    "feature": "a whole number (a decoder row)",
+    "calibrated": "a path to a pairs file",
     "path": "a string",
     "method": "`mean` or `pca`",
     "concept": "a concept name",
@@ -329,7 +350,15 @@ def _value(reader: _Reader, item: _Item, context: str) -> Value | Ref | None:
         reader.error(item.node, "expected a number, not a boolean", None)
         return None
     if isinstance(item.value, int | float):
-        return Value(float(item.value))
+        try:
+            number = float(item.value)
+        except OverflowError:  # an integer too large for any float
+            number = math.inf if item.value > 0 else -math.inf
+        problem = number_problem(number, str(getattr(item.node, "value", item.value)))
+        if problem is not None:
+            reader.error(item.node, *problem)
+            return None
+        return Value(number)
     return cast(Value | Ref | None, _fragment(reader, item, "value", context))
 
 
@@ -565,17 +594,32 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
             problem = concept_path_problem(c.from_, c.path)
             if problem is not None:
                 reader.error(entry.value["path"].node, *problem)
-            if c.from_ == "file" and "method" in entry.value:
+            if c.from_ != "pairs" and "method" in entry.value:
                 reader.error(cast(Node, entry.value["method"].key_node), *METHOD_ON_FILE)
+            if c.feature is not None and c.from_ != "sae":
+                reader.error(cast(Node, entry.value["feature"].key_node), *FEATURE_ON_OTHER)
+            elif c.feature is not None and not 0 <= c.feature <= MAX_FEATURE:
+                reader.error(entry.value["feature"].node, f"feature {c.feature} is out of range", None)
+            elif c.from_ == "sae" and c.feature is None:
+                reader.error(cast(Node, entry.key_node), *FEATURE_MISSING)
+            calibrated_span = reader.span(cast(Node, entry.key_node))
+            if c.calibrated is not None:
+                calibrated_span = reader.span(entry.value["calibrated"].node)
+                cal_problem = calibration_problem(c.from_, c.calibrated)
+                if cal_problem is not None:
+                    reader.error(entry.value["calibrated"].node, *cal_problem)
             statements.append(
                 Concept(
                     str(name),
                     c.from_,
                     c.path,
                     c.method,
+                    c.feature,
+                    c.calibrated,
                     span=reader.span(cast(Node, entry.key_node)),
                     name_span=reader.span(cast(Node, entry.key_node)),
                     path_span=reader.span(entry.value["path"].node),
+                    calibrated_span=calibrated_span,
                 )
             )
     if isinstance(data.get("let", _Item(None, root_node)).value, dict):

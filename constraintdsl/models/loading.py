@@ -44,6 +44,7 @@ __all__ = [
     "load_hf",
     "load_model",
     "model_identity",
+    "peek_identity",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     del quantized
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _top_level_rope_theta(out)
     sha = _sha256(gguf)
     marker = {
         "id": DEFAULT_MODEL,
@@ -189,12 +191,31 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     log.info("converted in %.1f s", time.perf_counter() - started)
 
 
+def _top_level_rope_theta(folder: Path) -> None:
+    """Give ``config.json`` a top-level ``rope_theta`` equal to ``rope_parameters.rope_theta`` when it lacks one.
+
+    transformers 5 writes the RoPE base only inside ``rope_parameters``; transformers 4 (and tools pinned to
+    it) read the top-level key and silently fall back to 10,000 without it (SmolLM2's is 100,000: logits off
+    by up to 3.4).  transformers 5 reads both alike.  Caches converted before this was done are fixed on
+    their next load (atomically; the weights, and so the revision, are unchanged)."""
+    from constraintdsl.atomic import write_atomic
+
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    theta = (data.get("rope_parameters") or {}).get("rope_theta")
+    if theta is None or data.get("rope_theta") == theta:
+        return
+    data["rope_theta"] = theta
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def _embedded_folder() -> tuple[Path, str]:
     """The cached safetensors copy of the embedded model (converting it first if needed) and its revision."""
     gguf = embedded_model_file()
     target = _embedded_cache_path(gguf)
     if not (target / _MARKER).is_file():
         _build_atomically(target, lambda out: _convert_gguf(gguf, out))
+    _top_level_rope_theta(target)
     marker = json.loads((target / _MARKER).read_text())
     return target, str(marker["revision"])
 
@@ -414,6 +435,43 @@ def load_hf(
         tokenizer.pad_token = tokenizer.eos_token
     _IDENTITIES[model] = (model_id, revision)
     return model, tokenizer
+
+
+def peek_identity(name_or_path: str = DEFAULT_MODEL) -> tuple[ModelIdentity, Any] | None:
+    """A model's identity and config without loading its weights, where both are known offline: the
+    embedded model once converted, a local model folder, or a hub id whose config is in the local Hugging
+    Face cache.  None otherwise (nothing is converted, downloaded or asked of the hub)."""
+    try:
+        if name_or_path == DEFAULT_MODEL:
+            folder = _embedded_cache_path(embedded_model_file())
+            if not (folder / _MARKER).is_file():
+                return None
+            model_id, revision = DEFAULT_MODEL, str(json.loads((folder / _MARKER).read_text())["revision"])
+        elif Path(name_or_path).expanduser().is_dir():
+            folder = Path(name_or_path).expanduser().resolve()
+            model_id, revision = str(folder), _local_revision(folder)
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name_or_path, "config.json")
+            if not isinstance(cached, str):
+                return None
+            folder = Path(cached).parent
+            model_id, revision = name_or_path, folder.name
+        if not (folder / "config.json").is_file():
+            return None
+        config = _read_config(folder)
+        arch_sites(config)
+    except (UserError, OSError, ValueError, KeyError):
+        return None
+    identity = ModelIdentity(
+        id=model_id,
+        revision=revision,
+        architecture=str(config.model_type),
+        hidden_size=hidden_size(config),
+        num_layers=num_layers(config),
+    )
+    return identity, config
 
 
 def _read_config(folder: Path) -> Any:

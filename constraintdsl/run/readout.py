@@ -69,6 +69,8 @@ def concept_reads(plans: Sequence[Plan]) -> list[tuple[str, ConceptArtifact, int
                 paths[name if name not in paths else f"{name} ({path})"] = path
     reads = []
     for label, path in paths.items():
+        if not path.endswith(".safetensors"):  # a .npy, or an import not calibrated on pairs: no calibration
+            continue
         art = load_artifact(path)
         best = recommended_layers(art, top=1)
         if art.calibration is not None and best:

@@ -89,14 +89,19 @@ def _device(model: Any) -> torch.device | None:
     return device if isinstance(device, torch.device) and device.type != "meta" else None
 
 
-def encode(model: Any, prompts: Prompt | Sequence[Prompt], *, chat: bool = True) -> dict[str, torch.Tensor]:
+def encode(model: Any, prompts: Prompt | Sequence[Prompt], *, chat: bool | None = None) -> dict[str, torch.Tensor]:
     """Tokenize ``prompts`` (a string, a chat as a list of ``{"role", "content"}`` messages, or a list
     of either) into left-padded ``input_ids`` and ``attention_mask``.
 
-    With ``chat`` a string becomes one user turn, and every prompt is formatted with the tokenizer's
-    chat template with the assistant's turn opened; the template writes its own special tokens.
+    ``chat`` (the same default for :func:`generate` and :func:`trace`): None formats prompts with the
+    tokenizer's chat template when it has one, and uses them as plain text otherwise; True requires the
+    template; False is plain text (what nnsight's own ``model.trace("…")`` sees, with the tokenizer's
+    special tokens such as BOS).  With the template a string becomes one user turn, the assistant's turn is
+    opened, and the template writes its own special tokens.
     """
     tokenizer = model.tokenizer
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    use_chat = has_template if chat is None else chat
     items: list[Prompt]
     if isinstance(prompts, str) or (
         isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], Mapping)  # a single chat
@@ -106,25 +111,25 @@ def encode(model: Any, prompts: Prompt | Sequence[Prompt], *, chat: bool = True)
         items = list(prompts)  # type: ignore[arg-type]
     texts: list[str] = []
     for item in items:
-        if chat:
+        if use_chat:
             messages = [{"role": "user", "content": item}] if isinstance(item, str) else list(item)
-            if getattr(tokenizer, "chat_template", None) is None:
+            if not has_template:
                 raise ValueError("the tokenizer has no chat template; pass chat=False to use prompts as plain text")
             texts.append(str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)))
         elif isinstance(item, str):
             texts.append(item)
         else:
-            raise TypeError("a chat prompt (a list of messages) needs chat=True")
+            raise TypeError("a chat prompt (a list of messages) needs a tokenizer with a chat template")
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not use_chat)
     finally:
         tokenizer.padding_side = side
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def _as_inputs(model: Any, inputs: Any, chat: bool) -> dict[str, torch.Tensor]:
+def _as_inputs(model: Any, inputs: Any, chat: bool | None) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` on the model's device (nnsight passes tensors as given)."""
     if isinstance(inputs, Mapping):
         ids = inputs["input_ids"]
@@ -156,7 +161,7 @@ def generate(
     prompts: Prompt | Sequence[Prompt] | Mapping[str, torch.Tensor],
     *,
     max_new_tokens: int = 32,
-    chat: bool = True,
+    chat: bool | None = None,
     telemetry: bool = True,
     remote: bool | str = False,
     timeout: float | None = None,
@@ -166,8 +171,9 @@ def generate(
     """Generate from ``prompts`` with ``payload`` applied at every step (prefill and each KV-cached
     token); ``payload=None`` is the baseline through the same path.
 
-    Greedy unless ``gen_kwargs`` say otherwise (``do_sample=True``, ...); chat prompts are formatted
-    with the tokenizer's chat template unless ``chat=False``.  Already tokenized input
+    Greedy unless ``gen_kwargs`` say otherwise (``do_sample=True``, ...).  Text prompts are formatted with
+    the tokenizer's chat template when it has one, unless ``chat=False`` (see :func:`encode`; :func:`trace`
+    treats them the same way).  Already tokenized input
     (``{"input_ids", "attention_mask"}``) is used as given.  ``telemetry=False`` skips recording it
     (cheaper per step); the result's ``telemetry`` is then None.
 
@@ -197,7 +203,7 @@ def generate_variants(
     prompts: Prompt | Sequence[Prompt] | Mapping[str, torch.Tensor],
     *,
     max_new_tokens: int = 32,
-    chat: bool = True,
+    chat: bool | None = None,
     telemetry: bool = True,
     remote: bool | str = False,
     timeout: float | None = None,
@@ -276,7 +282,7 @@ def _generate_job(
     payloads: Sequence[dict[str, Any] | None],
     prompts: Any,
     max_new_tokens: int,
-    chat: bool,
+    chat: bool | None,
     telemetry: bool,
     gen_kwargs: dict[str, Any],
 ) -> _Job:
@@ -357,7 +363,7 @@ def trace(
     payload: dict[str, Any] | None,
     inputs: Prompt | Sequence[Prompt] | Mapping[str, torch.Tensor] | torch.Tensor,
     *,
-    chat: bool = False,
+    chat: bool | None = None,
     telemetry: bool = True,
     logits: str = "all",
     remote: bool | str = False,
@@ -366,7 +372,9 @@ def trace(
 ) -> TraceResult:
     """One forward pass over ``inputs`` with ``payload`` applied; ``payload=None`` is the baseline.
 
-    ``inputs``: text (plain unless ``chat=True``), a list of texts, token ids, or an encoding.
+    ``inputs``: text, a list of texts or chats, token ids, or an encoding.  Text is formatted with the
+    tokenizer's chat template when it has one, unless ``chat=False`` — the same default as :func:`generate`
+    (see :func:`encode`), so a trace sees exactly the prompt a generation starts from.
     ``logits="last"`` keeps only each row's last position (``[B, 1, V]``: with left padding that
     is every row's last real token), which is what to bring back from a remote run; ``"all"``
     keeps ``[B, T, V]``.  ``remote``, ``timeout``, ``progress``: as in :func:`generate`.
@@ -390,7 +398,7 @@ def trace_variants(
     payloads: Sequence[dict[str, Any] | None],
     inputs: Prompt | Sequence[Prompt] | Mapping[str, torch.Tensor] | torch.Tensor,
     *,
-    chat: bool = False,
+    chat: bool | None = None,
     telemetry: bool = True,
     logits: str = "all",
     remote: bool | str = False,
@@ -468,7 +476,7 @@ def submit(
     *,
     remote: bool | str = True,
     max_new_tokens: int = 32,
-    chat: bool = True,
+    chat: bool | None = None,
     telemetry: bool = True,
     progress: Callable[[str], None] | None = None,
     **gen_kwargs: Any,

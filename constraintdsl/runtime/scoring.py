@@ -84,13 +84,21 @@ def answer_logprob(logits: torch.Tensor, ids: torch.Tensor, answer_mask: torch.T
     """The log-probability of each row's answer: ``[B]`` float64, the sum over the tokens marked by
     ``answer_mask`` ``[B, T]`` of ``log p(ids[t] | ..., t - 1)``, each predicted from the position before it.
 
-    A mark at position 0 has nothing to predict it and is an error."""
+    Only the predicting positions' rows of ``logits`` ``[B, T, V]`` are normalized, :data:`CHUNK_ROWS` at a
+    time in float32, so the temporaries stay small whatever the batch.  A mark at position 0 has nothing to
+    predict it and is an error."""
     marked = answer_mask != 0
     if bool(marked[:, 0].any()):
         raise ValueError("answer_mask marks position 0, which no position predicts")
-    rows = marked[:, 1:]
-    logp = torch.log_softmax(logits[:, :-1][rows].to(torch.float32), dim=-1)
-    token_lp = logp.gather(-1, ids[:, 1:][rows].unsqueeze(-1)).squeeze(-1).to(torch.float64)
-    batch = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(rows)[rows]
-    out = torch.zeros(ids.shape[0], dtype=torch.float64, device=token_lp.device)
-    return out.index_add(0, batch.to(token_lp.device), token_lp)
+    where = marked[:, 1:].nonzero()  # [N, 2]: (row, position predicting position + 1), row-major
+    rows = where[:, 0].to(logits.device)
+    cols = where[:, 1].to(logits.device)
+    targets = ids.to(logits.device)[rows, cols + 1]
+    out = torch.zeros(ids.shape[0], dtype=torch.float64, device=logits.device)
+    for start in range(0, int(rows.shape[0]), CHUNK_ROWS):
+        r, c = rows[start : start + CHUNK_ROWS], cols[start : start + CHUNK_ROWS]
+        chunk = logits[r, c].to(torch.float32)  # [n, V]
+        picked = chunk.gather(-1, targets[start : start + CHUNK_ROWS].unsqueeze(-1)).squeeze(-1)
+        token_lp = (picked - torch.logsumexp(chunk, dim=-1)).to(torch.float64)
+        out = out.index_add(0, r, token_lp)
+    return out
