@@ -210,9 +210,10 @@ SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 
 
 def concept_file_hash(path: str | os.PathLike[str], kind: str, *, at: Span | None = None, folder: bool = False) -> str:
-    """``sha256:<hex>`` of a concept file's or pair set's bytes (``kind``: ``"concept"`` or ``"pairs"``); with
-    ``folder`` (an SAE, ``from sae``), of its folder's :data:`SAE_FILES` in order.  Each file is read as :func:`constraintdsl.files.read_bytes`
-    reads it (a regular file within the size limit), so a problem is a located error."""
+    """``sha256:<hex>`` of a concept file's or pair set's bytes (``kind``: ``"concept"`` or ``"pairs"``);
+    with ``folder`` (an SAE, ``from sae``), of its folder's :data:`SAE_FILES` in order.  Each file is read
+    as :func:`constraintdsl.files.read_bytes` reads it (a regular file within the size limit), so a problem
+    is a located error."""
     p = Path(path)
     h = hashlib.sha256()
     for f in [p / name for name in SAE_FILES] if folder and p.is_dir() else [p]:
