@@ -12,10 +12,11 @@ from pathlib import Path, PurePosixPath
 from constraintdsl.errors import Diagnostic, Span, SpecError, UserError
 from constraintdsl.files import LIMITS, explain_os_error, kind_of, read_bytes
 
-from .nodes import Concept, Include, Let, Op
+from .canonical import canonical_checks
+from .nodes import Budget, Check, Concept, Include, Let, Op, Target
 from .parser import is_yaml_path, normalize_text, parse_file_statements
 from .spec import Spec
-from .validate import assemble, check_concepts, check_lets
+from .validate import assemble, check_checks, check_concepts, check_lets
 
 __all__ = [
     "MAX_BYTES",
@@ -97,6 +98,7 @@ def load(path: str | os.PathLike[str]) -> Spec:
     concepts: list[Concept] = []
     lets: list[Let] = []
     constraints: list[Op] = []
+    checks: list[Check] = []
     files: list[str] = []
 
     def visit(p: Path, chain: tuple[Path, ...], at: Include | None) -> Spec:
@@ -108,10 +110,11 @@ def load(path: str | os.PathLike[str]) -> Spec:
             sources.update(e.sources)
             raise SpecError(e.diagnostics, sources) from None
         files.append(str(p))
-        items: list[tuple[int, Include | Concept | Let | Op]] = [(s.span.line, s) for s in spec.includes]
+        items: list[tuple[int, Include | Concept | Let | Op | Check]] = [(s.span.line, s) for s in spec.includes]
         items += [(s.span.line, s) for s in spec.concepts]
         items += [(s.span.line, s) for s in spec.lets]
         items += [(s.span.line, s) for s in spec.constraints]
+        items += [(s.span.line, s) for s in spec.checks]
         for _, stmt in sorted(items, key=lambda t: t[0]):
             if isinstance(stmt, Include):
                 target = Path(os.path.normpath(p.parent / stmt.path))
@@ -136,6 +139,8 @@ def load(path: str | os.PathLike[str]) -> Spec:
                 concepts.append(_rebase(stmt, p.parent, root.parent))
             elif isinstance(stmt, Let):
                 lets.append(stmt)
+            elif isinstance(stmt, Budget | Target):
+                checks.append(stmt)
             else:
                 constraints.append(stmt)
         return spec
@@ -144,7 +149,7 @@ def load(path: str | os.PathLike[str]) -> Spec:
         top = visit(root, (), None)
     except SpecError as e:
         raise SpecError(e.diagnostics, {**_texts({}, [Path(f) for f in files]), **e.sources}) from None
-    diags = check_concepts(concepts, constraints) + check_lets(lets, constraints)
+    diags = check_concepts(concepts, constraints) + check_lets(lets, constraints) + check_checks(checks, concepts)
     if diags:
         raise SpecError(diags, _texts({}, [Path(f) for f in files]))
     model = top.model
@@ -156,6 +161,7 @@ def load(path: str | os.PathLike[str]) -> Spec:
         concepts=tuple(concepts),
         lets=tuple(lets),
         constraints=tuple(constraints),
+        checks=canonical_checks(tuple(checks)),
         path=str(root),
         sources=tuple(files),
         comments=top.comments,

@@ -11,7 +11,7 @@ from typing import Any
 
 from .canonical import spec_hash, to_dict, to_dsl, to_yaml
 from .diff import Change, diff
-from .nodes import Concept, Include, Let, Op
+from .nodes import Check, Concept, Include, Let, Op
 
 __all__ = ["Spec"]
 
@@ -23,6 +23,7 @@ class Spec:
     ``parse`` gives what one file says (its ``include`` statements listed, not followed);
     ``load`` gives what it means: includes resolved and flattened, ``includes`` empty.
     A spec with ``lets`` stands for several concrete variants (:mod:`constraintdsl.lang.variants`).
+    ``checks`` (``budget`` and ``target`` statements) say what a run must show; the compiler never reads them.
     """
 
     version: int = 1
@@ -32,6 +33,7 @@ class Spec:
     concepts: tuple[Concept, ...] = ()
     lets: tuple[Let, ...] = ()
     constraints: tuple[Op, ...] = ()
+    checks: tuple[Check, ...] = ()  # budgets and targets: claims about the run, never interventions
     path: str = field(default="<string>", compare=False)
     sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
     comments: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
