@@ -142,7 +142,7 @@ def expand(spec: Spec) -> list[Variant]:
         raise TypeError(f"expand() takes a Spec (from constraintdsl.load), not {type(spec).__name__}")
     if not spec.lets and not any(op_refs(op) for op in spec.constraints):
         return [Variant("", (), spec)]
-    refuse_continuous(spec, "expanding variants")
+    refuse_continuous(spec)
     _checked(spec)
     names = [let.name for let in spec.lets]
     out: list[Variant] = []
