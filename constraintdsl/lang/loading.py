@@ -197,6 +197,13 @@ def _rebase(concept: Concept, folder: Path, root_folder: Path) -> Concept:
     return replace(concept, path=rebased(concept.path), calibrated=calibrated)
 
 
+def relocate(spec: Spec, folder: str | os.PathLike[str]) -> Spec:
+    """``spec`` with its concept paths rewritten relative to ``folder``, for writing it there (its paths are
+    relative to its own file's folder)."""
+    here, there = Path(os.path.abspath(Path(spec.path).parent)), Path(os.path.abspath(folder))
+    return replace(spec, concepts=tuple(_rebase(c, here, there) for c in spec.concepts))
+
+
 def spec_sources(spec: Spec) -> dict[str, str]:
     """The texts of every file ``spec`` came from, for rendering errors that point into them."""
     return _texts({}, [Path(p) for p in spec.sources or (spec.path,)])
