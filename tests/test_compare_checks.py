@@ -113,3 +113,30 @@ def test_junit_never_replaces_a_file_it_did_not_write(
     assert main(cdsl(work, spec, "--no-store", "--junit", str(mine), store=tmp_path / "s.sqlite")) == 2
     assert "--junit" in capsys.readouterr().err
     assert mine.read_text() == "<notes>mine</notes>\n"
+
+
+def test_explain_lists_budgets_and_targets_and_the_plan_ignores_them(
+    work: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    import constraintdsl as cdsl
+
+    plain = write(work, "plain.cdsl", STEER)
+    judged = write(work, "judged.cdsl", STEER + "budget kl <= 0.05\ntarget b >= 0.5\n")
+    model = str(work / "tiny")
+    assert main(["explain", judged, "--model", model]) == 0
+    out = capsys.readouterr().out
+    assert "budgets and targets (not interventions" in out
+    assert "budget kl <= 0.05" in out and "mean KL(baseline ‖ constrained) per corpus token at most 0.05" in out
+    assert "target b >= 0.5" in out and "(line 7)" in out
+    loaded = cdsl.load_model(model)
+    a, b = (cdsl.resolve(cdsl.load(p), loaded).payload for p in (plain, judged))
+    assert len(a["sites"]) == len(b["sites"])
+    for sa, sb in zip(a["sites"], b["sites"], strict=True):
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            if isinstance(sa[key], torch.Tensor):
+                assert torch.equal(sa[key], sb[key])

@@ -55,8 +55,10 @@ def test_tune_finds_the_largest_amount_within_a_kl_budget_to_the_tolerance(
     budget = f"{(low + high) / 2:.8g}"
     spec = write(work, "budget.cdsl", f"let k = 0 .. 0.2\n{STEER}budget kl <= {budget}\n")
     out_file = tmp_path / "tuned.cdsl"
-    args = tune_args(work, spec, "--json", "--tolerance", str(TOL), "-o", str(out_file))
+    plot = tmp_path / "frontier.png"
+    args = tune_args(work, spec, "--json", "--tolerance", str(TOL), "-o", str(out_file), "--plot", str(plot))
     assert main(args) == 0
+    assert plot.read_bytes().startswith(b"\x89PNG") and b"cdsl tune" in plot.read_bytes()[:4096]
     result = json.loads(capsys.readouterr().out)
     assert result["found"] and result["goal"] == "strongest"
     best = result["best"]["values"]["k"]
@@ -83,6 +85,10 @@ def test_an_unreachable_target_is_reported_and_nothing_is_written(
 ) -> None:
     spec = write(work, "unreachable.cdsl", f"let k = 0 .. 0.2\n{STEER}budget kl <= 1\ntarget b >= 50\n")
     out_file = tmp_path / "tuned.cdsl"
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"\x89PNG not from tune")
+    assert main(tune_args(work, spec, "--plot", str(mine))) == 2  # never replaces a file it did not write
+    assert mine.read_bytes() == b"\x89PNG not from tune" and "--plot" in capsys.readouterr().err
     assert main(tune_args(work, spec, "--max-rounds", "3", "-o", str(out_file))) == 1
     captured = capsys.readouterr()
     assert "no evaluated point meets every budget and target" in captured.err

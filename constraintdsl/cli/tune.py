@@ -45,6 +45,22 @@ def _check_output(path: str) -> None:
     check_output_file(path, "-o", replaceable=ours)
 
 
+def _check_plot(path: str) -> None:
+    from constraintdsl.compare.tune import PLOT_MARK
+    from constraintdsl.files import check_output_file
+
+    target = Path(path)
+    ours = False
+    if target.is_file():
+        try:
+            with target.open("rb") as f:
+                head = f.read(4096)
+        except OSError as exc:
+            raise UserError("--plot", f"cannot read {path}: {exc.strerror}", None) from None
+        ours = head.startswith(b"\x89PNG") and PLOT_MARK.encode() in head
+    check_output_file(path, "--plot", replaceable=ours)
+
+
 def _head(points: Sequence[Point], spec: Spec) -> list[str]:
     names = [n for n, _ in points[0].values] if points else []
     return ["round", *names, *(c.statement for c in points[0].checks), "meets"] if points else []
@@ -68,6 +84,7 @@ def tune_command(
     max_rounds: int,
     output: str | None,
     out: TextIO,
+    plot: str | None = None,
     err: TextIO,
 ) -> int:
     """``cdsl tune``: exit 0 with the chosen spec when a point meets every budget and target, 1 when none does."""
@@ -82,6 +99,8 @@ def tune_command(
     read = _preflight(opts, [spec])
     if output is not None:
         _check_output(output)
+    if plot is not None:
+        _check_plot(plot)
     if not 1 <= max_rounds <= 4 * MAX_ROUNDS:
         raise UserError("--max-rounds", f"{max_rounds} rounds is out of range", f"give 1 to {4 * MAX_ROUNDS}")
     chosen = opts.model or spec.model or DEFAULT_MODEL
@@ -123,6 +142,12 @@ def tune_command(
         # concept paths are relative to the spec's folder: rewrite them for the output's
         write_atomic(output, text + relocate(result.spec, Path(output).parent).to_dsl(), where="-o")
         err.write(f"wrote {output}\n")
+    if plot is not None and result.points:
+        from constraintdsl.atomic import write_bytes_atomic
+        from constraintdsl.compare.tune import frontier_png
+
+        write_bytes_atomic(plot, frontier_png(result, spec), where="--plot")
+        err.write(f"wrote {plot}\n")
     if opts.fmt == "json":
         out.write(json.dumps(result.to_dict(), indent=2, allow_nan=True) + "\n")
     else:
@@ -153,6 +178,10 @@ def _tune_cmd(
     spec: Annotated[str, typer.Argument(help="a spec with continuous lets (let x = lo .. hi) and budgets/targets")],
     output: Annotated[
         str | None, typer.Option("-o", "--output", help="write the chosen concrete spec (canonical DSL) here")
+    ] = None,
+    plot: Annotated[
+        str | None,
+        typer.Option("--plot", help="draw every evaluated point on the tax/goal plane, the chosen one marked (PNG)"),
     ] = None,
     goal: Annotated[
         str | None,
@@ -221,6 +250,7 @@ def _tune_cmd(
         output=output,
         out=sys.stdout,
         err=sys.stderr,
+        plot=plot,
     )
     raise typer.Exit(code)
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from .comparison import Inputs, Row
 
-__all__ = ["Point", "TuneResult", "check_tunable", "tune"]
+__all__ = ["PLOT_MARK", "Point", "TuneResult", "check_tunable", "frontier_png", "tune"]
 
 Goal = Literal["target", "tax", "strongest"]
 MAX_ROUNDS = 12
@@ -384,3 +384,71 @@ def _message(spec: Spec, goal: Goal, top: Point | None, found: bool) -> str:
     if top.feasible:
         return f"no evaluated point meets every budget and target; the best within the constraints, {top.name()}: {why}"
     return f"no evaluated point meets every budget and target; the closest, {top.name()}: {why}"
+
+
+PLOT_MARK = "cdsl tune"  # the PNG's Software field; an existing PNG that carries it may be replaced
+
+
+def _axes(result: TuneResult, spec: Spec) -> tuple[str, Callable[[Point], float], str, Callable[[Point], float]]:
+    """The frontier's axes: x the tax the goal watches, y what the goal improves."""
+    budgets = [c for c in spec.checks if isinstance(c, Budget)]
+    targets = [c for c in spec.checks if isinstance(c, Target)]
+    tax = budgets[0].measure if budgets else "kl"
+    key = {"nll": "delta_nll", "kl": "kl", "ppl": "ppl_ratio"}[tax]
+    x_label = {"nll": "ΔNLL per token (nats)", "kl": "mean KL per token", "ppl": "perplexity ratio"}[tax]
+
+    def x_of(p: Point) -> float:
+        return float(p.tax.get(key, math.nan))
+
+    if targets:
+        target = targets[0]
+        index = list(spec.checks).index(target)
+
+        def y_of(p: Point) -> float:
+            value = p.checks[index].measured
+            return math.nan if value is None else value
+
+        return f"tax: {x_label}", x_of, f"target: {format_check(target)}", y_of
+    names = [n for n, _ in result.points[0].values] if result.points else []
+    if len(names) == 1:
+        return f"tax: {x_label}", x_of, f"let {names[0]}", lambda p: p.values[0][1]
+    return f"tax: {x_label}", x_of, "let strength (mean position in each range)", lambda p: p.objective or math.nan
+
+
+def frontier_png(result: TuneResult, spec: Spec) -> bytes:
+    """The evaluated points on the tax/goal plane, those meeting every budget and target filled, the budget and
+    target limits drawn, the chosen point starred: a PNG (rendered in memory)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_label, x_of, y_label, y_of = _axes(result, spec)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ok = [p for p in result.points if p.meets]
+    bad = [p for p in result.points if not p.meets]
+    if ok:
+        ax.plot([x_of(p) for p in ok], [y_of(p) for p in ok], "o", color="tab:blue", label="meets every check")
+    if bad:
+        ax.plot([x_of(p) for p in bad], [y_of(p) for p in bad], "o", mfc="none", color="tab:red", label="misses one")
+    for p in result.points:
+        ax.annotate(p.name(), (x_of(p), y_of(p)), textcoords="offset points", xytext=(4, 3), fontsize=6)
+    budgets = [c for c in spec.checks if isinstance(c, Budget)]
+    if budgets:
+        ax.axvline(budgets[0].limit, color="tab:red", ls="--", lw=0.8, label=format_check(budgets[0]))
+    targets = [c for c in spec.checks if isinstance(c, Target)]
+    if targets:
+        ax.axhline(targets[0].value, color="tab:green", ls="--", lw=0.8, label=format_check(targets[0]))
+    if result.found and result.best is not None:
+        ax.plot([x_of(result.best)], [y_of(result.best)], "*", ms=16, color="gold", mec="k", label="chosen")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(f"cdsl tune — {spec.name or spec.path}: {result.objective}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": PLOT_MARK})
+    plt.close(fig)
+    return buf.getvalue()
