@@ -41,8 +41,7 @@ def spec_checks(path: str) -> tuple[object, ...]:
 
 
 def tune_args(work: Path, spec: str, *extra: str) -> list[str]:  # noqa: F811
-    args = compare_args(work, spec, *extra, store=work / "unused.sqlite")
-    return ["tune", *[a for a in args[1:] if a not in ("--store", str(work / "unused.sqlite"))]]
+    return ["tune", *compare_args(work, spec, *extra, store=work / "tune-runs.sqlite")[1:]]
 
 
 def test_tune_finds_the_largest_amount_within_a_kl_budget_to_the_tolerance(
@@ -76,6 +75,11 @@ def test_tune_finds_the_largest_amount_within_a_kl_budget_to_the_tolerance(
     assert not tuned.lets and f"steer b by {best:g} at layers 0-1" in text and tuned.checks == spec_checks(spec)
     assert main([*compare_args(work, str(out_file), "--no-store", store=tmp_path / "s.sqlite")]) == 0
     capsys.readouterr()
+    # and every point is recorded in the run store, labelled by its value
+    assert main(["runs", "list", "--store", str(work / "tune-runs.sqlite"), "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    (run,) = [r for r in runs if r["command"] == "tune" and r["results"][0]["spec_path"] == spec]
+    assert [r["label"] for r in run["results"]] == [f"k={p['values']['k']:g}" for p in points]
 
 
 def test_an_unreachable_target_is_reported_and_nothing_is_written(

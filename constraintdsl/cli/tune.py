@@ -18,7 +18,7 @@ import typer
 from constraintdsl.errors import UserError
 
 from .common import EXIT_FAILED, EXIT_OK, Dtype
-from .compare import ABScore, CompareOptions, _Bar, _inputs, _preflight
+from .compare import ABScore, CompareOptions, StoreOpt, _Bar, _inputs, _open_store, _preflight
 
 if TYPE_CHECKING:
     from constraintdsl.compare.tune import Point, TuneResult
@@ -133,6 +133,9 @@ def tune_command(
         on_round=on_round,
         progress=_Bar(err) if opts.fmt == "text" else None,
     )
+    if opts.record and result.points:
+        run_id = _record(opts, path, model, inputs, result)
+        err.write(f"recorded run {run_id} ({len(result.points)} points)\n")
     if output is not None and result.spec is not None:
         from constraintdsl.atomic import write_atomic
 
@@ -158,6 +161,32 @@ def tune_command(
             err.write(f"nothing written to {output}\n")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _record(opts: CompareOptions, path: str, model: Any, inputs: Any, result: TuneResult) -> str:
+    """Every evaluated point as one result of a ``tune`` run in the store (labelled by its let values)."""
+    from constraintdsl.models.loading import model_identity
+
+    ident = model_identity(model)
+    summary = {k: v for k, v in result.to_dict().items() if k != "points"}
+    record = _open_store(opts.store).record(
+        command="tune",
+        model=ident.id,
+        revision=ident.revision,
+        inputs_hash=inputs.digest(),
+        settings={"inputs": inputs.describe(), "spec": path, "tune": summary},
+        results=[
+            {
+                "label": p.name(),
+                "spec_hash": p.row.get("key", ""),
+                "spec_path": path,
+                "spec_text": p.row.get("spec_text", ""),
+                "metrics": {**p.row, "label": p.name(), "tune": {"round": p.round, "meets": p.meets}},
+            }
+            for p in result.points
+        ],
+    )
+    return record.id
 
 
 def _report(result: TuneResult, head: list[str], rows: list[list[str]], text_table: Any) -> str:
@@ -218,6 +247,8 @@ def _tune_cmd(
     dtype: Annotated[Dtype, typer.Option("--dtype", help="model weights dtype")] = Dtype.float32,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=4096)] = 32,
     json_: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    store: StoreOpt = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="do not record the points in the store")] = False,
     remote: Annotated[bool, typer.Option("--remote", help="run on NDIF (one request per round)")] = False,
     host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
 ) -> None:
@@ -237,7 +268,8 @@ def _tune_cmd(
         max_new_tokens=max_new_tokens,
         marginal=False,
         fmt="json" if json_ else "text",
-        record=False,
+        store=store,
+        record=not no_store,
         remote=remote,
         host=host,
     )
