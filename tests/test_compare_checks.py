@@ -140,3 +140,24 @@ def test_explain_lists_budgets_and_targets_and_the_plan_ignores_them(
         for key in sa:
             if isinstance(sa[key], torch.Tensor):
                 assert torch.equal(sa[key], sb[key])
+
+
+def test_the_ab_set_a_spec_names_is_used_without_the_flag_and_two_different_ones_are_refused(
+    work: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = write(work, "named-ab.cdsl", STEER + 'data ab "ab.yaml"\ntarget ab >= -1\n')
+    args = cdsl(work, spec, "--json", "--no-store", store=tmp_path / "s.sqlite")
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inputs"]["ab_items"] == 2 and data["inputs"]["sources"]["ab"] == str(work / "ab.yaml")
+    assert data["checks"][0]["passed"] is True
+    (work / "ab2.yaml").write_text((work / "ab.yaml").read_text())
+    other = write(work, "named-ab2.cdsl", STEER + 'data ab "ab2.yaml"\n')
+    assert main(cdsl(work, spec, other, "--no-store", store=tmp_path / "s.sqlite")) == 2
+    err = capsys.readouterr().err
+    assert f"{other}:6:1: error: the specs name different ab files" in err and "pass --ab FILE" in err
+    # the flag chooses
+    assert main(cdsl(work, spec, other, "--no-store", "--ab", str(work / "ab2.yaml"), store=tmp_path / "s.sqlite")) == 0
+    capsys.readouterr()

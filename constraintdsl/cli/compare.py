@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from constraintdsl.errors import Diagnostic
     from constraintdsl.lang.spec import Spec
 
-__all__ = ["CompareOptions", "compare_command", "register", "runs_list", "runs_show", "shipped"]
+__all__ = ["CompareOptions", "compare_command", "register", "runs_list", "runs_show", "shipped", "with_spec_data"]
 
 _SHIPPED = {
     "prompts": ("prompts", "compare.txt"),
@@ -162,6 +162,40 @@ def _specs(paths: tuple[str, ...]) -> list[Spec]:
     return specs
 
 
+def with_spec_data(opts: CompareOptions, specs: Sequence[Spec]) -> CompareOptions:
+    """``opts`` with the prompts, corpus and A/B set the specs name (``data`` statements) where no flag gives
+    them; specs that name different files for one kind are refused unless the flag chooses."""
+    from dataclasses import replace
+
+    from constraintdsl.errors import SpecError
+    from constraintdsl.lang.loading import spec_sources
+
+    changes: dict[str, str] = {}
+    for kind, flag in (("prompts", "--prompts"), ("corpus", "--corpus"), ("ab", "--ab")):
+        if getattr(opts, kind) is not None:
+            continue
+        named = [
+            (str(Path(spec.path).parent / d.path) if not Path(d.path).is_absolute() else d.path, d, spec)
+            for spec in specs
+            for d in spec.data
+            if d.kind == kind
+        ]
+        paths = {Path(p).resolve() for p, _, _ in named}
+        if len(paths) > 1:
+            first, other = named[0], next(n for n in named if Path(n[0]).resolve() != Path(named[0][0]).resolve())
+            raise SpecError(
+                Diagnostic(
+                    other[1].span,
+                    f"the specs name different {kind} files: {other[0]} here, {first[0]} at {first[1].span}",
+                    f"compare them on one: pass {flag} FILE",
+                ),
+                {**spec_sources(first[2]), **spec_sources(other[2])},
+            )
+        if named:
+            changes[kind] = named[0][0]
+    return replace(opts, **changes) if changes else opts  # type: ignore[arg-type]
+
+
 def _open_store(path: str | None) -> RunStore:
     from constraintdsl.compare.store import RunStore
 
@@ -218,6 +252,7 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
     from constraintdsl.models.loading import DEFAULT_MODEL, check_model_name, load_model
 
     specs = _specs(opts.specs)
+    opts = with_spec_data(opts, specs)
     read = _preflight(opts, specs)
     chosen = opts.model or specs[0].model or DEFAULT_MODEL
     check_model_name(chosen)

@@ -18,7 +18,7 @@ import typer
 from constraintdsl.errors import UserError
 
 from .common import EXIT_FAILED, EXIT_OK, Dtype
-from .compare import ABScore, CompareOptions, StoreOpt, _Bar, _inputs, _open_store, _preflight
+from .compare import ABScore, CompareOptions, StoreOpt, _Bar, _inputs, _open_store, _preflight, with_spec_data
 
 if TYPE_CHECKING:
     from constraintdsl.compare.tune import Point, TuneResult
@@ -96,6 +96,7 @@ def tune_command(
     (path,) = opts.specs
     spec = load(path)
     check_tunable(spec, goal)
+    opts = with_spec_data(opts, [spec])
     read = _preflight(opts, [spec])
     if output is not None:
         _check_output(output)

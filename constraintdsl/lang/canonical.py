@@ -1,7 +1,7 @@
 """The canonical forms of a spec: DSL text, plain data (the YAML twin), YAML text, and its hash.
 
-Canonical DSL puts the header first, then includes, concepts, lets, constraints, and the budgets and
-targets (budgets first, each group in file order), each statement
+Canonical DSL puts the header first, then includes, concepts, lets, constraints, and last the evaluation
+data (corpus, ab, prompts) with the budgets and targets (budgets first, each in file order), each statement
 with ASCII operators, default clauses left out and clauses in the order at, in, on, when.
 Formatting is idempotent, and a spec's hash is the sha256 of its canonical DSL text.
 """
@@ -14,11 +14,13 @@ from typing import Any
 import yaml
 
 from .nodes import (
+    DATA_KINDS,
     Ablate,
     Budget,
     Check,
     Clamp,
     Concept,
+    Data,
     Depth,
     Gate,
     Include,
@@ -40,6 +42,7 @@ from .nodes import (
 
 __all__ = [
     "canonical_checks",
+    "canonical_data",
     "describe_check",
     "format_check",
     "format_gate",
@@ -193,8 +196,15 @@ def describe_check(check: Check) -> str:
     return f"{meaning} {'at least' if check.cmp == '>=' else 'at most'} {format_number(check.value)}"
 
 
-def statement_dsl(stmt: Concept | Include | Let | Op | Check) -> str:
+def canonical_data(data: tuple[Data, ...]) -> tuple[Data, ...]:
+    """``data`` statements in the order corpus, ab, prompts."""
+    return tuple(sorted(data, key=lambda d: DATA_KINDS.index(d.kind)))
+
+
+def statement_dsl(stmt: Concept | Include | Let | Op | Check | Data) -> str:
     """One statement as canonical DSL (no newline)."""
+    if isinstance(stmt, Data):
+        return f"data {stmt.kind} {_quote(stmt.path)}"
     if isinstance(stmt, Budget | Target):
         return format_check(stmt)
     if isinstance(stmt, Let):
@@ -228,12 +238,12 @@ def to_dsl(spec: SpecLike, *, comments: bool = False) -> str:
     if spec.model is not None:
         header.append((f"model {_quote(spec.model)}", _line(spec, "model")))
     groups: list[list[tuple[str, int | None]]] = [header]
-    statements: tuple[tuple[Concept | Include | Let | Op | Check, ...], ...] = (
+    statements: tuple[tuple[Concept | Include | Let | Op | Check | Data, ...], ...] = (
         spec.includes,
         spec.concepts,
         spec.lets,
         spec.constraints,
-        canonical_checks(spec.checks),
+        canonical_data(spec.data) + canonical_checks(spec.checks),
     )
     for stmts in statements:
         if stmts:
@@ -340,6 +350,8 @@ def to_dict(spec: SpecLike) -> dict[str, Any]:
                 entry["calibrated"] = c.calibrated
             concepts[c.name] = entry
         d["concepts"] = concepts
+    if spec.data:
+        d["data"] = {x.kind: x.path for x in canonical_data(spec.data)}
     if spec.lets:
         d["let"] = {v.name: _let_data(v) for v in spec.lets}
     if spec.constraints or spec.checks:
@@ -404,6 +416,9 @@ def to_yaml(spec: SpecLike) -> str:
     if "concepts" in d:
         lines.append("concepts:")
         lines.extend(f"  {_flow(name)}: {_flow(entry)}" for name, entry in d["concepts"].items())
+    if "data" in d:
+        lines.append("data:")
+        lines.extend(f"  {kind}: {_flow(path)}" for kind, path in d["data"].items())
     if "let" in d:
         lines.append("let:")
         lines.extend(

@@ -129,6 +129,15 @@ def diff(a: SpecLike, b: SpecLike) -> list[Change]:
         if v.name not in al:
             out.append(Change("added", statement_dsl(v), new=v.span))
     out.extend(_diff_ops(list(a.constraints), list(b.constraints)))
+    ad, bd = {x.kind: x for x in a.data}, {x.kind: x for x in b.data}
+    for kind, x in ad.items():
+        if kind not in bd:
+            out.append(Change("removed", statement_dsl(x), old=x.span))
+        elif x != bd[kind]:
+            out.append(
+                Change("changed", f"data {kind}", ((f"data {kind}", x.path, bd[kind].path),), x.span, bd[kind].span)
+            )
+    out.extend(Change("added", statement_dsl(x), new=x.span) for kind, x in bd.items() if kind not in ad)
     out.extend(_diff_checks(a.checks, b.checks))
     return out
 

@@ -12,11 +12,11 @@ from pathlib import Path, PurePosixPath
 from constraintdsl.errors import Diagnostic, Span, SpecError, UserError
 from constraintdsl.files import LIMITS, explain_os_error, kind_of, read_bytes
 
-from .canonical import canonical_checks
-from .nodes import Budget, Check, Concept, Include, Let, Op, Target
+from .canonical import canonical_checks, canonical_data
+from .nodes import Budget, Check, Concept, Data, Include, Let, Op, Target
 from .parser import is_yaml_path, normalize_text, parse_file_statements
 from .spec import Spec
-from .validate import assemble, check_checks, check_concepts, check_lets
+from .validate import assemble, check_checks, check_concepts, check_data, check_lets
 
 __all__ = [
     "MAX_BYTES",
@@ -99,6 +99,7 @@ def load(path: str | os.PathLike[str]) -> Spec:
     lets: list[Let] = []
     constraints: list[Op] = []
     checks: list[Check] = []
+    data: list[Data] = []
     files: list[str] = []
 
     def visit(p: Path, chain: tuple[Path, ...], at: Include | None) -> Spec:
@@ -110,11 +111,12 @@ def load(path: str | os.PathLike[str]) -> Spec:
             sources.update(e.sources)
             raise SpecError(e.diagnostics, sources) from None
         files.append(str(p))
-        items: list[tuple[int, Include | Concept | Let | Op | Check]] = [(s.span.line, s) for s in spec.includes]
+        items: list[tuple[int, Include | Concept | Let | Op | Check | Data]] = [(s.span.line, s) for s in spec.includes]
         items += [(s.span.line, s) for s in spec.concepts]
         items += [(s.span.line, s) for s in spec.lets]
         items += [(s.span.line, s) for s in spec.constraints]
         items += [(s.span.line, s) for s in spec.checks]
+        items += [(s.span.line, s) for s in spec.data]
         for _, stmt in sorted(items, key=lambda t: t[0]):
             if isinstance(stmt, Include):
                 target = Path(os.path.normpath(p.parent / stmt.path))
@@ -141,6 +143,8 @@ def load(path: str | os.PathLike[str]) -> Spec:
                 lets.append(stmt)
             elif isinstance(stmt, Budget | Target):
                 checks.append(stmt)
+            elif isinstance(stmt, Data):
+                data.append(_rebase_data(stmt, p.parent, root.parent))
             else:
                 constraints.append(stmt)
         return spec
@@ -149,7 +153,12 @@ def load(path: str | os.PathLike[str]) -> Spec:
         top = visit(root, (), None)
     except SpecError as e:
         raise SpecError(e.diagnostics, {**_texts({}, [Path(f) for f in files]), **e.sources}) from None
-    diags = check_concepts(concepts, constraints) + check_lets(lets, constraints) + check_checks(checks, concepts)
+    diags = (
+        check_concepts(concepts, constraints)
+        + check_lets(lets, constraints)
+        + check_checks(checks, concepts)
+        + check_data(data)
+    )
     if diags:
         raise SpecError(diags, _texts({}, [Path(f) for f in files]))
     model = top.model
@@ -162,6 +171,7 @@ def load(path: str | os.PathLike[str]) -> Spec:
         lets=tuple(lets),
         constraints=tuple(constraints),
         checks=canonical_checks(tuple(checks)),
+        data=canonical_data(tuple(data)),
         path=str(root),
         sources=tuple(files),
         comments=top.comments,
@@ -197,11 +207,21 @@ def _rebase(concept: Concept, folder: Path, root_folder: Path) -> Concept:
     return replace(concept, path=rebased(concept.path), calibrated=calibrated)
 
 
+def _rebase_data(data: Data, folder: Path, root_folder: Path) -> Data:
+    if folder == root_folder or PurePosixPath(data.path).is_absolute():
+        return data
+    return replace(data, path=PurePosixPath(Path(os.path.relpath(folder / data.path, root_folder))).as_posix())
+
+
 def relocate(spec: Spec, folder: str | os.PathLike[str]) -> Spec:
     """``spec`` with its concept paths rewritten relative to ``folder``, for writing it there (its paths are
     relative to its own file's folder)."""
     here, there = Path(os.path.abspath(Path(spec.path).parent)), Path(os.path.abspath(folder))
-    return replace(spec, concepts=tuple(_rebase(c, here, there) for c in spec.concepts))
+    return replace(
+        spec,
+        concepts=tuple(_rebase(c, here, there) for c in spec.concepts),
+        data=tuple(_rebase_data(d, here, there) for d in spec.data),
+    )
 
 
 def spec_sources(spec: Spec) -> dict[str, str]:

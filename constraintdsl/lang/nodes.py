@@ -17,6 +17,7 @@ from constraintdsl.errors import Span
 __all__ = [
     "BUDGET_MEASURES",
     "CONCEPT_SOURCES",
+    "DATA_KINDS",
     "SITES",
     "TOKEN_KINDS",
     "Ablate",
@@ -25,6 +26,7 @@ __all__ = [
     "Clamp",
     "Concept",
     "ConceptSource",
+    "Data",
     "Depth",
     "Gate",
     "Include",
@@ -152,6 +154,21 @@ class Concept:
     calibrated_span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
+DATA_KINDS: tuple[str, ...] = ("corpus", "ab", "prompts")
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """``data corpus "neutral.txt"``: the evaluation data budgets and targets are measured on — the reference
+    corpus, the A/B set, the prompts — relative to the spec file; ``cdsl compare``/``tune`` flags override it."""
+
+    keyword: ClassVar[str] = "data"
+    kind: Literal["corpus", "ab", "prompts"]
+    path: str
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    path_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Include:
     """``include "other.cdsl"``: composition, relative to the including file."""
@@ -266,7 +283,7 @@ class Target:
 
 
 Check: TypeAlias = Budget | Target
-Statement: TypeAlias = Concept | Include | Let | Op | Check
+Statement: TypeAlias = Concept | Include | Let | Op | Check | Data
 OP_CLASSES: dict[str, type[Op]] = {c.keyword: c for c in (Clamp, Pin, Ablate, Steer, Scale)}
 VALUE_FIELDS: tuple[str, ...] = ("min", "max", "value", "by")
 
@@ -308,6 +325,8 @@ class SpecLike(Protocol):
     def constraints(self) -> tuple[Op, ...]: ...
     @property
     def checks(self) -> tuple[Check, ...]: ...
+    @property
+    def data(self) -> tuple[Data, ...]: ...
     @property
     def path(self) -> str: ...
     @property

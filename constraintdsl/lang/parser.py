@@ -26,12 +26,14 @@ from .canonical import format_layers, format_number, format_value
 from .nodes import (
     BUDGET_MEASURES,
     CONCEPT_SOURCES,
+    DATA_KINDS,
     OP_CLASSES,
     SITES,
     TOKEN_KINDS,
     Budget,
     Concept,
     ConceptSource,
+    Data,
     Depth,
     Gate,
     Include,
@@ -175,6 +177,8 @@ class _Builder:
             return self.concept(tree, span)
         if kind in ("budget", "target"):
             return self.check(kind, tree, span)
+        if kind == "data":
+            return self.data(tree, span)
         if kind in ("let", "let_range"):
             before = len(self.diags)
             let = self.let(tree, span)
@@ -291,6 +295,23 @@ class _Builder:
             self.error(self.tok_span(tok), f"feature {clip(text, 20)} is out of range", None)
             return None
         return int(text)
+
+    def data(self, tree: Tree[Token], span: Span) -> Data | None:
+        """``data corpus|ab|prompts "PATH"``."""
+        kind_tok, path_tok = (cast(Token, k) for k in _kids(tree))
+        kind = str(kind_tok)
+        path = self.string(path_tok)
+        if kind not in DATA_KINDS:
+            self.error(
+                self.tok_span(kind_tok),
+                f"unknown data kind '{clip(kind)}'",
+                did_you_mean(kind, DATA_KINDS)
+                or 'data names the reference corpus, the A/B set or the prompts: data corpus "neutral.txt"',
+            )
+            return None
+        if not path.strip():
+            return None
+        return Data(cast(Literal["corpus", "ab", "prompts"], kind), path, span=span, path_span=self.tok_span(path_tok))
 
     def check(self, kind: str, tree: Tree[Token], span: Span) -> Budget | Target | None:
         """``budget MEASURE <= LIMIT`` or ``target MEASURE >= VALUE`` (or ``<=``): plain numbers only."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from .canonical import spec_hash, to_dict, to_dsl, to_yaml
 from .diff import Change, diff
-from .nodes import Check, Concept, Include, Let, Op
+from .nodes import Check, Concept, Data, Include, Let, Op
 
 __all__ = ["Spec"]
 
@@ -34,6 +34,7 @@ class Spec:
     lets: tuple[Let, ...] = ()
     constraints: tuple[Op, ...] = ()
     checks: tuple[Check, ...] = ()  # budgets and targets: claims about the run, never interventions
+    data: tuple[Data, ...] = ()  # the evaluation data they are measured on (corpus, ab, prompts)
     path: str = field(default="<string>", compare=False)
     sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
     comments: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
@@ -44,6 +45,13 @@ class Spec:
         for v in self.lets:
             if v.name == name:
                 return v
+        return None
+
+    def data_path(self, kind: str) -> str | None:
+        """The path a ``data`` statement gives for ``kind`` (``corpus``, ``ab``, ``prompts``), if any."""
+        for d in self.data:
+            if d.kind == kind:
+                return d.path
         return None
 
     def concept(self, name: str) -> Concept | None:

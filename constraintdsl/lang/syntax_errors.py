@@ -13,7 +13,8 @@ __all__ = ["EXAMPLES", "MESSAGES"]
 MESSAGES: dict[str, tuple[str, str | None]] = {
     "unknown_statement": (
         "unknown statement {found}",
-        "statements: version, name, model, include, concept, let, clamp, pin, ablate, steer, scale, budget, target",
+        "statements: version, name, model, include, concept, let, clamp, pin, ablate, steer, scale, "
+        "budget, target, data",
     ),
     "version_number": ("`version` takes a whole number, found {found}", "version 1"),
     "quoted_text": ("expected a quoted string, found {found}", 'quote it: name "assistant-floor"'),

@@ -15,12 +15,27 @@ from typing import cast
 
 from constraintdsl.errors import Diagnostic, Span, SpecError, clip, did_you_mean
 
-from .canonical import canonical_checks, format_value
-from .nodes import OP_CLASSES, Budget, Check, Clamp, Concept, Include, Let, Op, Ref, Statement, Target, Value, op_refs
+from .canonical import canonical_checks, canonical_data, format_value
+from .nodes import (
+    OP_CLASSES,
+    Budget,
+    Check,
+    Clamp,
+    Concept,
+    Data,
+    Include,
+    Let,
+    Op,
+    Ref,
+    Statement,
+    Target,
+    Value,
+    op_refs,
+)
 from .parser import Header, unit_problem
 from .spec import Spec
 
-__all__ = ["SUPPORTED_VERSION", "assemble", "check_checks", "check_concepts", "check_lets", "let_points"]
+__all__ = ["SUPPORTED_VERSION", "assemble", "check_checks", "check_concepts", "check_data", "check_lets", "let_points"]
 
 MAX_VARIANTS = 1024  # variants one spec may expand to
 
@@ -54,6 +69,8 @@ def assemble(
     lets = tuple(s for s in statements if isinstance(s, Let))
     constraints = cast(tuple[Op, ...], tuple(s for s in statements if isinstance(s, tuple(OP_CLASSES.values()))))
     checks = tuple(s for s in statements if isinstance(s, Budget | Target))
+    data = tuple(s for s in statements if isinstance(s, Data))
+    diags.extend(check_data(data))
     diags.extend(check_concepts(concepts, constraints, references=not includes))
     diags.extend(check_checks(checks, concepts, references=not includes))
     # A file without operations (a library of concepts and lets) is checked for unused lets where it is included.
@@ -77,6 +94,7 @@ def assemble(
         lets=lets,
         constraints=constraints,
         checks=canonical_checks(checks),
+        data=canonical_data(data),
         path=path,
         sources=(path,),
         comments=tuple(comments),
@@ -173,6 +191,20 @@ def check_checks(checks: Sequence[Check], concepts: Sequence[Concept], *, refere
                 "a target names `ab` (the A/B p(match) shift) or a concept of this spec (its readout shift)"
             )
             out.append(Diagnostic(check.measure_span, f"unknown target '{clip(check.measure)}'", hint))
+    return out
+
+
+def check_data(data: Sequence[Data]) -> list[Diagnostic]:
+    """At most one ``data`` statement per kind."""
+    out: list[Diagnostic] = []
+    seen: dict[str, Data] = {}
+    for d in data:
+        if d.kind in seen:
+            first = seen[d.kind].span
+            where = f"line {first.line}" if first.path == d.span.path else str(first)
+            out.append(Diagnostic(d.span, f"a second `data {d.kind}` statement", f"the first is at {where}; keep one"))
+        else:
+            seen[d.kind] = d
     return out
 
 

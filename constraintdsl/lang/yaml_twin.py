@@ -162,6 +162,10 @@ class Document(BaseModel):
     model: str | None = Field(None, description="default model, e.g. smollm2 or a Hugging Face id")
     include: list[str] = Field(default_factory=list, description="other spec files, relative to this one")
     concepts: dict[str, ConceptEntry] = Field(default_factory=dict)
+    data: dict[Literal["corpus", "ab", "prompts"], str] = Field(
+        default_factory=dict,
+        description="evaluation data, relative to this file: {corpus: neutral.txt, ab: ab.yaml, prompts: prompts.txt}",
+    )
     let: dict[str, list[ValueField] | str] = Field(
         default_factory=dict,
         description='variants: {floor: [0.1, 0.3, "p25"]}, or a range for tune: {floor: "0 .. 3"}; '
@@ -668,6 +672,18 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
 
         for inc in cast(list[_Item], data["include"].value) if "include" in data else []:
             statements.append(Include(str(inc.value), span=reader.span(inc.node)))
+        from .nodes import Data
+
+        for data_kind, entry in _iter_mapping(data["data"]) if "data" in data else []:
+            span = reader.span(cast(Node, entry.key_node))
+            statements.append(
+                Data(
+                    cast(Literal["corpus", "ab", "prompts"], data_kind),
+                    str(entry.value),
+                    span=span,
+                    path_span=reader.span(entry.node),
+                )
+            )
     if isinstance(data.get("concepts", _Item(None, root_node)).value, dict):
         for name, entry in _iter_mapping(data["concepts"]):
             if not isinstance(entry.value, dict):
