@@ -5,7 +5,7 @@
 Workload (SmolLM2-135M, float32, CPU): the shipped sentiment concept and A/B set, the spec
 
     let floor = 0 .. 3
-    clamp sentiment >= $floor at layers 10-14
+    clamp sentiment >= $floor at layers 10-14 on generated
     budget kl <= 0.05
 
 searched by :func:`constraintdsl.tune` (goal: the strongest floor within the budget; tolerance half a grid
@@ -45,7 +45,7 @@ SPEC = """version 1
 name "sentiment-floor"
 concept sentiment from pairs "{data}"
 let floor = {lo} .. {hi}
-clamp sentiment >= $floor at layers 10-14
+clamp sentiment >= $floor at layers 10-14 on generated
 budget kl <= {budget}
 """
 

@@ -110,7 +110,7 @@ def check(
             if ranges:
                 counts += ", to tune: " + ", ".join(f"{let.name} = {format_let_values(let)}" for let in ranges)
             if spec.checks:
-                counts += f", {len(spec.checks)} budget{'s' * (len(spec.checks) != 1)}/targets"
+                counts += f", {len(spec.checks)} budget/target statement{'s' * (len(spec.checks) != 1)}"
             if warnings:
                 counts += f", {len(warnings)} warning{'s' * (len(warnings) != 1)}"
             if described is not None:
