@@ -26,7 +26,23 @@ from .lang import diff as _diff
 from .lang import loading as _loading
 from .lang import variants as _variants
 from .lang.diff import Change
-from .lang.nodes import Ablate, Clamp, Concept, Gate, Include, Let, Pin, Ref, Scale, Steer, Tokens, Unit, Value
+from .lang.nodes import (
+    Ablate,
+    Budget,
+    Clamp,
+    Concept,
+    Gate,
+    Include,
+    Let,
+    Pin,
+    Ref,
+    Scale,
+    Steer,
+    Target,
+    Tokens,
+    Unit,
+    Value,
+)
 from .lang.spec import Spec
 from .lang.variants import Variant
 
@@ -49,6 +65,8 @@ _LAZY = {
     "resolve": "run.api",
     "Plan": "compiler.plan",
     "load_model": "models.loading",
+    "tune": "compare.tune",
+    "TuneResult": "compare.tune",
 }
 
 # Modules of the flat layout before the stage folders, kept importable as attributes
@@ -85,7 +103,7 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is not None:
         value = getattr(importlib.import_module(f".{module}", __name__), name)
-        return public(value) if name in ("load_model", "resolve") else value
+        return public(value) if name in ("load_model", "resolve", "tune") else value
     moved = _MOVED.get(name)
     if moved is not None:
         warnings.warn(
@@ -100,6 +118,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "Ablate",
     "BoundPlan",
+    "Budget",
     "Change",
     "Clamp",
     "Concept",
@@ -115,7 +134,9 @@ __all__ = [
     "Spec",
     "SpecError",
     "Steer",
+    "Target",
     "Tokens",
+    "TuneResult",
     "Unit",
     "UserError",
     "Value",
@@ -132,5 +153,6 @@ __all__ = [
     "parse_file",
     "resolve",
     "spec_hash",
+    "tune",
     "uninstall",
 ]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from constraintdsl import SpecError, parse
 from constraintdsl.lang.nodes import (
     Ablate,
+    Budget,
     Clamp,
     Concept,
     Depth,
@@ -22,6 +23,7 @@ from constraintdsl.lang.nodes import (
     Pin,
     Scale,
     Steer,
+    Target,
     Tokens,
     Unit,
     Value,
@@ -119,7 +121,23 @@ def specs(draw: Any) -> Spec:
         model=draw(st.none() | text),
         concepts=concepts,
         constraints=constraints,
+        checks=draw(checks(concept_names)),
     )
+
+
+@st.composite
+def checks(draw: Any, concept_names: list[str]) -> tuple[Budget | Target, ...]:
+    """Budgets (one per measure) then targets (one per measure and direction): the canonical order."""
+    measures = draw(st.lists(st.sampled_from(["nll", "kl", "ppl"]), unique=True, max_size=3))
+    budgets = tuple(
+        Budget(m, draw(numbers) if m == "nll" else abs(draw(numbers)) + (1e-3 if m == "ppl" else 0.0)) for m in measures
+    )
+    keys = draw(
+        st.lists(
+            st.tuples(st.sampled_from([*concept_names, "ab"]), st.sampled_from([">=", "<="])), unique=True, max_size=3
+        )
+    )
+    return budgets + tuple(Target(m, c, draw(numbers)) for m, c in keys)
 
 
 @FAST

@@ -19,7 +19,7 @@ import typer
 
 from constraintdsl.errors import UserError
 
-from . import compare, concept, export, run, spec_files
+from . import compare, concept, export, run, spec_files, tune
 from .common import EXIT_INTERNAL, EXIT_INVALID, debug
 
 __all__ = ["app", "main"]
@@ -51,7 +51,7 @@ def _main(
     debug["on"] = debug_
 
 
-for _group in (spec_files, run, concept, compare, export):
+for _group in (spec_files, run, concept, compare, tune, export):
     _group.register(app)
 
 

@@ -24,12 +24,13 @@ from constraintdsl.lang.loading import load
 from .common import EXIT_FAILED, EXIT_OK, Dtype, StrictOpt, emit_warnings
 
 if TYPE_CHECKING:
+    from constraintdsl.compare.checks import CheckResult
     from constraintdsl.compare.comparison import Comparison, Inputs, Row
     from constraintdsl.compare.store import RunRecord, RunStore
     from constraintdsl.errors import Diagnostic
     from constraintdsl.lang.spec import Spec
 
-__all__ = ["CompareOptions", "compare_command", "register", "runs_list", "runs_show", "shipped"]
+__all__ = ["CompareOptions", "compare_command", "register", "runs_list", "runs_show", "shipped", "with_spec_data"]
 
 _SHIPPED = {
     "prompts": ("prompts", "compare.txt"),
@@ -73,6 +74,7 @@ class CompareOptions:
     remote: bool = False
     host: str | None = None
     strict: bool = False
+    junit: str | None = None
 
 
 class _StrictStop(Exception):
@@ -150,9 +152,48 @@ def _inputs(opts: CompareOptions, read: _Read, tokenizer: Any) -> Inputs:
 
 
 def _specs(paths: tuple[str, ...]) -> list[Spec]:
+    from constraintdsl.lang.variants import refuse_continuous
+
     if not paths:
         raise UserError("SPEC", "give at least one spec file to compare with the baseline", None)
-    return [load(p) for p in paths]
+    specs = [load(p) for p in paths]
+    for spec in specs:
+        refuse_continuous(spec, "`cdsl compare`")
+    return specs
+
+
+def with_spec_data(opts: CompareOptions, specs: Sequence[Spec]) -> CompareOptions:
+    """``opts`` with the prompts, corpus and A/B set the specs name (``data`` statements) where no flag gives
+    them; specs that name different files for one kind are refused unless the flag chooses."""
+    from dataclasses import replace
+
+    from constraintdsl.errors import SpecError
+    from constraintdsl.lang.loading import spec_sources
+
+    changes: dict[str, str] = {}
+    for kind, flag in (("prompts", "--prompts"), ("corpus", "--corpus"), ("ab", "--ab")):
+        if getattr(opts, kind) is not None:
+            continue
+        named = [
+            (str(Path(spec.path).parent / d.path) if not Path(d.path).is_absolute() else d.path, d, spec)
+            for spec in specs
+            for d in spec.data
+            if d.kind == kind
+        ]
+        paths = {Path(p).resolve() for p, _, _ in named}
+        if len(paths) > 1:
+            first, other = named[0], next(n for n in named if Path(n[0]).resolve() != Path(named[0][0]).resolve())
+            raise SpecError(
+                Diagnostic(
+                    other[1].span,
+                    f"the specs name different {kind} files: {other[0]} here, {first[0]} at {first[1].span}",
+                    f"compare them on one: pass {flag} FILE",
+                ),
+                {**spec_sources(first[2]), **spec_sources(other[2])},
+            )
+        if named:
+            changes[kind] = named[0][0]
+    return replace(opts, **changes) if changes else opts  # type: ignore[arg-type]
 
 
 def _open_store(path: str | None) -> RunStore:
@@ -185,6 +226,11 @@ def _preflight(opts: CompareOptions, specs: list[Spec]) -> _Read:
             [d for e in problems for d in e.diagnostics], {k: v for e in problems for k, v in e.sources.items()}
         )
     _check_effect(opts, specs)
+    from constraintdsl.compare.checks import check_junit_path, require_measures
+
+    require_measures(specs, ab=opts.ab is not None)
+    if opts.junit is not None:
+        check_junit_path(opts.junit)
     if opts.host is not None:
         check_host(opts.host)
     read = _read_inputs(opts)
@@ -206,6 +252,7 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
     from constraintdsl.models.loading import DEFAULT_MODEL, check_model_name, load_model
 
     specs = _specs(opts.specs)
+    opts = with_spec_data(opts, specs)
     read = _preflight(opts, specs)
     chosen = opts.model or specs[0].model or DEFAULT_MODEL
     check_model_name(chosen)
@@ -251,8 +298,48 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
     later = [w for w in comparison.warnings if w not in emitted]
     if emit_warnings(later, _texts(later, sources), err=err, strict=opts.strict) != EXIT_OK:
         return EXIT_FAILED
-    _emit(opts, comparison, out, err)
-    return EXIT_OK
+    from constraintdsl.compare.checks import evaluate_comparison
+
+    results = evaluate_comparison(specs, comparison)
+    _emit(opts, comparison, out, err, results)
+    return _assert(opts, specs, results, comparison, out, err)
+
+
+def _assert(
+    opts: CompareOptions,
+    specs: list[Spec],
+    results: Sequence[CheckResult],
+    comparison: Comparison,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """The specs' budgets and targets as assertions: a table of results, each failure rendered as an error
+    at its statement, ``--junit`` written; exit 1 when one fails."""
+    from constraintdsl.atomic import write_atomic
+    from constraintdsl.compare.checks import junit_xml
+    from constraintdsl.errors import render
+    from constraintdsl.lang.loading import spec_sources
+    from constraintdsl.tables import text_table
+
+    if opts.junit is not None:
+        write_atomic(opts.junit, junit_xml(results, seconds=comparison.seconds.get("total", 0.0)), where="--junit")
+        err.write(f"wrote {opts.junit} ({len(results)} checks)\n")
+    if not results:
+        return EXIT_OK
+    if opts.fmt == "text":
+        rows = [[r.arm, r.statement, "ok" if r.passed else "FAIL", r.why, f"line {r.span.line}"] for r in results]
+        out.write(
+            "\nbudgets and targets:\n" + text_table(["arm", "statement", "result", "measured", "where"], rows) + "\n"
+        )
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        return EXIT_OK
+    sources: dict[str, str] = {}
+    for spec in specs:
+        sources.update(spec_sources(spec))
+    err.write(render([r.diagnostic() for r in failed], sources) + "\n")
+    err.write(f"{len(failed)} of {len(results)} budget/target checks failed\n")
+    return EXIT_FAILED
 
 
 def _texts(warnings: Sequence[Diagnostic], known: Mapping[str, str]) -> dict[str, str]:
@@ -369,7 +456,9 @@ def _warnings(rows: list[Row] | tuple[Row, ...], ab_path: str | None) -> tuple[D
     return (warning,) if warning is not None else ()
 
 
-def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO) -> None:
+def _emit(
+    opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO, results: Sequence[CheckResult] = ()
+) -> None:
     from constraintdsl.compare.report import ab_table, load_table, summary_table, write_report
 
     # the comparison's warnings were rendered by compare_command (once, with --strict applied)
@@ -378,7 +467,9 @@ def _emit(opts: CompareOptions, comparison: Comparison, out: TextIO, err: TextIO
         path = write_report(comparison, opts.report, concept=opts.effect, command=command)
         err.write(f"wrote report {path}/report.md\n")
     if opts.fmt == "json":
-        out.write(json.dumps(comparison.to_dict(), indent=2, allow_nan=True) + "\n")
+        data = comparison.to_dict()
+        data["checks"] = [r.to_dict() for r in results]
+        out.write(json.dumps(data, indent=2, allow_nan=True) + "\n")
         return
     out.write(summary_table(comparison) + "\n\n")
     if comparison.rows[0].ab is not None:
@@ -544,9 +635,14 @@ def _compare_cmd(
     remote: Annotated[bool, typer.Option("--remote", help="run on NDIF (host: --host, NDIF_HOST or config)")] = False,
     host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
     strict: StrictOpt = False,
+    junit: Annotated[
+        str | None,
+        typer.Option("--junit", help="write every budget and target's result as JUnit XML (for CI) to this file"),
+    ] = None,
 ) -> None:
     """Run the baseline and every spec/variant on the same inputs, batched, and report effect, tax,
-    load, marginal tax and degrees of freedom."""
+    load, marginal tax and degrees of freedom.  Every `budget` and `target` of the specs is asserted on
+    what was measured: exit 1 when one fails."""
     opts = CompareOptions(
         specs=tuple(specs),
         prompts=prompts,
@@ -569,6 +665,7 @@ def _compare_cmd(
         remote=remote,
         host=host,
         strict=strict,
+        junit=junit,
     )
     raise typer.Exit(compare_command(opts, out=sys.stdout, err=sys.stderr))
 

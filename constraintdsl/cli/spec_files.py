@@ -17,11 +17,11 @@ import typer
 from constraintdsl.atomic import write_atomic
 from constraintdsl.errors import Span, SpecError, UserError
 from constraintdsl.files import check_output_file, read_bytes
-from constraintdsl.lang.canonical import spec_hash, to_dsl, to_yaml
+from constraintdsl.lang.canonical import format_let_values, spec_hash, to_dsl, to_yaml
 from constraintdsl.lang.diff import diff, render_changes
 from constraintdsl.lang.loading import concept_hashes, load, parse_file, read_text, spec_sources
 from constraintdsl.lang.parser import is_yaml_path, normalize_text
-from constraintdsl.lang.variants import expand
+from constraintdsl.lang.variants import continuous, expand
 
 from .common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, OutputFormat, SpecFormat, StrictOpt, emit_warnings, warnings_as
 
@@ -83,7 +83,8 @@ def check(
                 err.write(e.render() + "\n")
             continue
         digest = spec_hash(spec, extra)
-        variants = [v.name for v in expand(spec)] if spec.lets else []
+        ranges = continuous(spec)
+        variants = [v.name for v in expand(spec)] if spec.lets and not ranges else []
         warnings = spec_warnings(spec) if resolve_concepts else []
         failed = strict and bool(warnings)
         if failed:
@@ -106,6 +107,10 @@ def check(
             counts = f"{len(spec.concepts)} concepts, {len(spec.constraints)} constraints"
             if variants:
                 counts += f", {len(variants)} variants of {', '.join(let.name for let in spec.lets)}"
+            if ranges:
+                counts += ", to tune: " + ", ".join(f"{let.name} = {format_let_values(let)}" for let in ranges)
+            if spec.checks:
+                counts += f", {len(spec.checks)} budget/target statement{'s' * (len(spec.checks) != 1)}"
             if warnings:
                 counts += f", {len(warnings)} warning{'s' * (len(warnings) != 1)}"
             if described is not None:

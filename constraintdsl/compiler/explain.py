@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
+from constraintdsl.lang.canonical import describe_check, format_check
 from constraintdsl.lang.spec import Spec
 from constraintdsl.models.loading import ModelIdentity
 from constraintdsl.runtime import interventions
@@ -169,6 +170,17 @@ def plan_summary(plan: PlanLike) -> dict[str, Any]:
         "gates": gates,
         "sites": sites,
         "feasible": True,
+        "checks": [
+            {
+                "statement": format_check(c),
+                "keyword": c.keyword,
+                "measure": c.measure,
+                "meaning": describe_check(c),
+                "line": c.span.line,
+                "path": c.span.path,
+            }
+            for c in plan.spec.checks
+        ],
     }
 
 
@@ -212,4 +224,8 @@ def explain(plan: PlanLike) -> str:
                     f"smallest Gram eigenvalue {g['min_gram_eigenvalue']:g}; {_SOLVES[g['solve']]})"
                 )
     out.append("feasible: yes (every site's bounds can hold together)")
+    if s["checks"]:
+        out.append("budgets and targets (not interventions: `cdsl compare` asserts them on what it measures):")
+        width = max(len(c["statement"]) for c in s["checks"])
+        out += [f"  {c['statement']:<{width}}  {c['meaning']}  (line {c['line']})" for c in s["checks"]]
     return "\n".join(out)

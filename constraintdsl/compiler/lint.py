@@ -90,7 +90,7 @@ def _artifacts(spec: Spec, identity: Any, num_layers: int) -> dict[str, Any]:
 def spec_warnings(spec: Spec) -> list[Diagnostic]:
     """The warnings a run of ``spec`` on its default model would give, as far as they can be known
     without loading the model's weights (see the module docstring)."""
-    from constraintdsl.lang.variants import expand
+    from constraintdsl.lang.variants import ends_as_values, expand
     from constraintdsl.models.loading import DEFAULT_MODEL, peek_identity
 
     from .resolve import resolve
@@ -106,7 +106,7 @@ def spec_warnings(spec: Spec) -> list[Diagnostic]:
     if not arts:
         return []
     per_variant: list[tuple[str, Sequence[Diagnostic]]] = []
-    for variant in expand(spec):
+    for variant in expand(ends_as_values(spec)):  # a range's warnings are its ends'
         ops = tuple(
             op for op in variant.spec.constraints if op.concept in arts and (op.gate is None or op.gate.concept in arts)
         )

@@ -1,6 +1,7 @@
 """The canonical forms of a spec: DSL text, plain data (the YAML twin), YAML text, and its hash.
 
-Canonical DSL puts the header first, then includes, concepts, lets and constraints, each statement
+Canonical DSL puts the header first, then includes, concepts, lets, constraints, and last the evaluation
+data (corpus, ab, prompts) with the budgets and targets (budgets first, each in file order), each statement
 with ASCII operators, default clauses left out and clauses in the order at, in, on, when.
 Formatting is idempotent, and a spec's hash is the sha256 of its canonical DSL text.
 """
@@ -13,9 +14,13 @@ from typing import Any
 import yaml
 
 from .nodes import (
+    DATA_KINDS,
     Ablate,
+    Budget,
+    Check,
     Clamp,
     Concept,
+    Data,
     Depth,
     Gate,
     Include,
@@ -28,6 +33,7 @@ from .nodes import (
     Scale,
     SpecLike,
     Steer,
+    Target,
     Tokens,
     Unit,
     Value,
@@ -35,6 +41,10 @@ from .nodes import (
 )
 
 __all__ = [
+    "canonical_checks",
+    "canonical_data",
+    "describe_check",
+    "format_check",
     "format_gate",
     "format_layers",
     "format_let_values",
@@ -71,8 +81,17 @@ def format_value(v: Value | Ref) -> str:
 
 
 def format_let_values(let: Let) -> str:
-    """``0.1 | 0.3 | p25`` — a let's alternatives, as written after ``=``."""
+    """``0.1 | 0.3 | p25`` — a let's alternatives, or ``0 .. 3`` — its range, as written after ``=``."""
+    if let.range is not None:
+        return f"{format_value(let.range[0])} .. {format_value(let.range[1])}"
     return " | ".join(format_value(v) for v in let.values)
+
+
+def format_check(check: Check) -> str:
+    """``budget kl <= 0.05`` or ``target ab >= 0.1``."""
+    if isinstance(check, Budget):
+        return f"budget {check.measure} <= {format_number(check.limit)}"
+    return f"target {check.measure} {check.cmp} {format_number(check.value)}"
 
 
 def _range(r: LayerRange) -> str:
@@ -159,8 +178,35 @@ def format_scale(by: float | Ref) -> str:
     return format_value(by) if isinstance(by, Ref) else format_number(by)
 
 
-def statement_dsl(stmt: Concept | Include | Let | Op) -> str:
+MEASURE_MEANINGS = {
+    "nll": "ΔNLL per corpus token (nats) against the baseline",
+    "kl": "mean KL(baseline ‖ constrained) per corpus token",
+    "ppl": "perplexity ratio to the baseline on the corpus",
+    "ab": "shift of mean p(match) on the A/B set from the baseline's",
+}
+
+
+def describe_check(check: Check) -> str:
+    """What a budget or target asks, in words: ``mean KL(baseline ‖ constrained) per corpus token at most 0.05``."""
+    meaning = MEASURE_MEANINGS.get(
+        check.measure, f"shift of concept {check.measure}'s readout on generated text (calibrated units)"
+    )
+    if isinstance(check, Budget):
+        return f"{meaning} at most {format_number(check.limit)}"
+    return f"{meaning} {'at least' if check.cmp == '>=' else 'at most'} {format_number(check.value)}"
+
+
+def canonical_data(data: tuple[Data, ...]) -> tuple[Data, ...]:
+    """``data`` statements in the order corpus, ab, prompts."""
+    return tuple(sorted(data, key=lambda d: DATA_KINDS.index(d.kind)))
+
+
+def statement_dsl(stmt: Concept | Include | Let | Op | Check | Data) -> str:
     """One statement as canonical DSL (no newline)."""
+    if isinstance(stmt, Data):
+        return f"data {stmt.kind} {_quote(stmt.path)}"
+    if isinstance(stmt, Budget | Target):
+        return format_check(stmt)
     if isinstance(stmt, Let):
         return f"let {stmt.name} = {format_let_values(stmt)}"
     if isinstance(stmt, Include):
@@ -192,11 +238,12 @@ def to_dsl(spec: SpecLike, *, comments: bool = False) -> str:
     if spec.model is not None:
         header.append((f"model {_quote(spec.model)}", _line(spec, "model")))
     groups: list[list[tuple[str, int | None]]] = [header]
-    statements: tuple[tuple[Concept | Include | Let | Op, ...], ...] = (
+    statements: tuple[tuple[Concept | Include | Let | Op | Check | Data, ...], ...] = (
         spec.includes,
         spec.concepts,
         spec.lets,
         spec.constraints,
+        canonical_data(spec.data) + canonical_checks(spec.checks),
     )
     for stmts in statements:
         if stmts:
@@ -204,6 +251,17 @@ def to_dsl(spec: SpecLike, *, comments: bool = False) -> str:
     if not comments or not spec.comments:
         return "\n\n".join("\n".join(text for text, _ in g) for g in groups) + "\n"
     return _with_comments(spec, groups)
+
+
+def canonical_checks(checks: tuple[Check, ...]) -> tuple[Check, ...]:
+    """Budgets first, then targets, each in file order."""
+    return tuple(c for c in checks if isinstance(c, Budget)) + tuple(c for c in checks if isinstance(c, Target))
+
+
+def _check_data(check: Check) -> dict[str, Any]:
+    if isinstance(check, Budget):
+        return {"op": "budget", "measure": check.measure, "max": check.limit}
+    return {"op": "target", "measure": check.measure, "min" if check.cmp == ">=" else "max": check.value}
 
 
 def _line(spec: SpecLike, key: str) -> int | None:
@@ -292,11 +350,21 @@ def to_dict(spec: SpecLike) -> dict[str, Any]:
                 entry["calibrated"] = c.calibrated
             concepts[c.name] = entry
         d["concepts"] = concepts
+    if spec.data:
+        d["data"] = {x.kind: x.path for x in canonical_data(spec.data)}
     if spec.lets:
-        d["let"] = {v.name: [_value_data(x) for x in v.values] for v in spec.lets}
-    if spec.constraints:
+        d["let"] = {v.name: _let_data(v) for v in spec.lets}
+    if spec.constraints or spec.checks:
         d["constraints"] = [_op_data(op) for op in spec.constraints]
+        d["constraints"] += [_check_data(c) for c in canonical_checks(spec.checks)]
     return d
+
+
+def _let_data(let: Let) -> list[float | str] | str:
+    """A listed let as a list of values; a continuous one as its DSL text, ``"0 .. 3"``."""
+    if let.range is not None:
+        return format_let_values(let)
+    return [_value_data(x) for x in let.values]
 
 
 def _yaml_quote(text: str) -> str:
@@ -348,9 +416,15 @@ def to_yaml(spec: SpecLike) -> str:
     if "concepts" in d:
         lines.append("concepts:")
         lines.extend(f"  {_flow(name)}: {_flow(entry)}" for name, entry in d["concepts"].items())
+    if "data" in d:
+        lines.append("data:")
+        lines.extend(f"  {kind}: {_flow(path)}" for kind, path in d["data"].items())
     if "let" in d:
         lines.append("let:")
-        lines.extend(f"  {_flow(name)}: [{', '.join(_flow_item(x) for x in xs)}]" for name, xs in d["let"].items())
+        lines.extend(
+            f"  {_flow(name)}: {_flow(xs) if isinstance(xs, str) else '[' + ', '.join(_flow_item(x) for x in xs) + ']'}"
+            for name, xs in d["let"].items()
+        )
     if "constraints" in d:
         lines.append("constraints:")
         lines.extend(f"  - {_flow(entry)}" for entry in d["constraints"])

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from constraintdsl.errors import Span
 
 from .canonical import (
+    format_check,
     format_gate,
     format_let_values,
     format_scale,
@@ -21,7 +22,7 @@ from .canonical import (
     format_where,
     statement_dsl,
 )
-from .nodes import Clamp, Concept, Op, Pin, Scale, SpecLike, Steer
+from .nodes import Budget, Check, Clamp, Concept, Op, Pin, Scale, SpecLike, Steer
 
 __all__ = ["Change", "diff", "render_changes"]
 
@@ -128,6 +129,41 @@ def diff(a: SpecLike, b: SpecLike) -> list[Change]:
         if v.name not in al:
             out.append(Change("added", statement_dsl(v), new=v.span))
     out.extend(_diff_ops(list(a.constraints), list(b.constraints)))
+    ad, bd = {x.kind: x for x in a.data}, {x.kind: x for x in b.data}
+    for kind, x in ad.items():
+        if kind not in bd:
+            out.append(Change("removed", statement_dsl(x), old=x.span))
+        elif x != bd[kind]:
+            out.append(
+                Change("changed", f"data {kind}", ((f"data {kind}", x.path, bd[kind].path),), x.span, bd[kind].span)
+            )
+    out.extend(Change("added", statement_dsl(x), new=x.span) for kind, x in bd.items() if kind not in ad)
+    out.extend(_diff_checks(a.checks, b.checks))
+    return out
+
+
+def _check_key(check: Check) -> str:
+    """Budgets pair by measure, targets by measure and direction: ``budget kl``, ``target ab >=``."""
+    if isinstance(check, Budget):
+        return f"budget {check.measure}"
+    return f"target {check.measure} {check.cmp}"
+
+
+def _diff_checks(a: tuple[Check, ...], b: tuple[Check, ...]) -> list[Change]:
+    """``~ budget kl: 0.05 → 0.1``; added and removed budgets and targets."""
+    out: list[Change] = []
+    bk = {_check_key(c): c for c in b}
+    ak = {_check_key(c): c for c in a}
+    for c in a:
+        key = _check_key(c)
+        if key not in bk:
+            out.append(Change("removed", format_check(c), old=c.span))
+        elif c != bk[key]:
+            other = bk[key]
+            old = format_check(c).rsplit(" ", 1)[1]
+            new = format_check(other).rsplit(" ", 1)[1]
+            out.append(Change("changed", key, ((key, old, new),), c.span, other.span))
+    out.extend(Change("added", format_check(c), new=c.span) for c in b if _check_key(c) not in ak)
     return out
 
 

@@ -12,10 +12,11 @@ from pathlib import Path, PurePosixPath
 from constraintdsl.errors import Diagnostic, Span, SpecError, UserError
 from constraintdsl.files import LIMITS, explain_os_error, kind_of, read_bytes
 
-from .nodes import Concept, Include, Let, Op
+from .canonical import canonical_checks, canonical_data
+from .nodes import Budget, Check, Concept, Data, Include, Let, Op, Target
 from .parser import is_yaml_path, normalize_text, parse_file_statements
 from .spec import Spec
-from .validate import assemble, check_concepts, check_lets
+from .validate import assemble, check_checks, check_concepts, check_data, check_lets
 
 __all__ = [
     "MAX_BYTES",
@@ -97,6 +98,8 @@ def load(path: str | os.PathLike[str]) -> Spec:
     concepts: list[Concept] = []
     lets: list[Let] = []
     constraints: list[Op] = []
+    checks: list[Check] = []
+    data: list[Data] = []
     files: list[str] = []
 
     def visit(p: Path, chain: tuple[Path, ...], at: Include | None) -> Spec:
@@ -108,10 +111,12 @@ def load(path: str | os.PathLike[str]) -> Spec:
             sources.update(e.sources)
             raise SpecError(e.diagnostics, sources) from None
         files.append(str(p))
-        items: list[tuple[int, Include | Concept | Let | Op]] = [(s.span.line, s) for s in spec.includes]
+        items: list[tuple[int, Include | Concept | Let | Op | Check | Data]] = [(s.span.line, s) for s in spec.includes]
         items += [(s.span.line, s) for s in spec.concepts]
         items += [(s.span.line, s) for s in spec.lets]
         items += [(s.span.line, s) for s in spec.constraints]
+        items += [(s.span.line, s) for s in spec.checks]
+        items += [(s.span.line, s) for s in spec.data]
         for _, stmt in sorted(items, key=lambda t: t[0]):
             if isinstance(stmt, Include):
                 target = Path(os.path.normpath(p.parent / stmt.path))
@@ -136,6 +141,10 @@ def load(path: str | os.PathLike[str]) -> Spec:
                 concepts.append(_rebase(stmt, p.parent, root.parent))
             elif isinstance(stmt, Let):
                 lets.append(stmt)
+            elif isinstance(stmt, Budget | Target):
+                checks.append(stmt)
+            elif isinstance(stmt, Data):
+                data.append(_rebase_data(stmt, p.parent, root.parent))
             else:
                 constraints.append(stmt)
         return spec
@@ -144,7 +153,12 @@ def load(path: str | os.PathLike[str]) -> Spec:
         top = visit(root, (), None)
     except SpecError as e:
         raise SpecError(e.diagnostics, {**_texts({}, [Path(f) for f in files]), **e.sources}) from None
-    diags = check_concepts(concepts, constraints) + check_lets(lets, constraints)
+    diags = (
+        check_concepts(concepts, constraints)
+        + check_lets(lets, constraints)
+        + check_checks(checks, concepts)
+        + check_data(data)
+    )
     if diags:
         raise SpecError(diags, _texts({}, [Path(f) for f in files]))
     model = top.model
@@ -156,6 +170,8 @@ def load(path: str | os.PathLike[str]) -> Spec:
         concepts=tuple(concepts),
         lets=tuple(lets),
         constraints=tuple(constraints),
+        checks=canonical_checks(tuple(checks)),
+        data=canonical_data(tuple(data)),
         path=str(root),
         sources=tuple(files),
         comments=top.comments,
@@ -189,6 +205,23 @@ def _rebase(concept: Concept, folder: Path, root_folder: Path) -> Concept:
 
     calibrated = None if concept.calibrated is None else rebased(concept.calibrated)
     return replace(concept, path=rebased(concept.path), calibrated=calibrated)
+
+
+def _rebase_data(data: Data, folder: Path, root_folder: Path) -> Data:
+    if folder == root_folder or PurePosixPath(data.path).is_absolute():
+        return data
+    return replace(data, path=PurePosixPath(Path(os.path.relpath(folder / data.path, root_folder))).as_posix())
+
+
+def relocate(spec: Spec, folder: str | os.PathLike[str]) -> Spec:
+    """``spec`` with its concept paths rewritten relative to ``folder``, for writing it there (its paths are
+    relative to its own file's folder)."""
+    here, there = Path(os.path.abspath(Path(spec.path).parent)), Path(os.path.abspath(folder))
+    return replace(
+        spec,
+        concepts=tuple(_rebase(c, here, there) for c in spec.concepts),
+        data=tuple(_rebase_data(d, here, there) for d in spec.data),
+    )
 
 
 def spec_sources(spec: Spec) -> dict[str, str]:

@@ -15,13 +15,18 @@ from typing import ClassVar, Literal, Protocol, TypeAlias, runtime_checkable
 from constraintdsl.errors import Span
 
 __all__ = [
+    "BUDGET_MEASURES",
     "CONCEPT_SOURCES",
+    "DATA_KINDS",
     "SITES",
     "TOKEN_KINDS",
     "Ablate",
+    "Budget",
+    "Check",
     "Clamp",
     "Concept",
     "ConceptSource",
+    "Data",
     "Depth",
     "Gate",
     "Include",
@@ -35,6 +40,7 @@ __all__ = [
     "SpecLike",
     "Statement",
     "Steer",
+    "Target",
     "Tokens",
     "Unit",
     "Value",
@@ -148,6 +154,21 @@ class Concept:
     calibrated_span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
+DATA_KINDS: tuple[str, ...] = ("corpus", "ab", "prompts")
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """``data corpus "neutral.txt"``: the evaluation data budgets and targets are measured on — the reference
+    corpus, the A/B set, the prompts — relative to the spec file; ``cdsl compare``/``tune`` flags override it."""
+
+    keyword: ClassVar[str] = "data"
+    kind: Literal["corpus", "ab", "prompts"]
+    path: str
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    path_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Include:
     """``include "other.cdsl"``: composition, relative to the including file."""
@@ -159,11 +180,13 @@ class Include:
 
 @dataclass(frozen=True, slots=True)
 class Let:
-    """``let NAME = v1 | v2 | …``: the values a ``$NAME`` sweeps over, in order."""
+    """``let NAME = v1 | v2 | …``: the values a ``$NAME`` sweeps over, in order; or ``let NAME = lo .. hi``,
+    a continuous range (``values`` empty, ``range`` the inclusive ends) that ``tune`` searches."""
 
     keyword: ClassVar[str] = "let"
     name: str
     values: tuple[Value, ...]
+    range: tuple[Value, Value] | None = None
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
     name_span: Span = field(default=NO_SPAN, compare=False, repr=False)
     value_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
@@ -223,7 +246,44 @@ class Scale(_OpBase):
 
 
 Op: TypeAlias = Clamp | Pin | Ablate | Steer | Scale
-Statement: TypeAlias = Concept | Include | Let | Op
+
+# What a budget may cap, each measured per predicted token of the reference corpus against the baseline:
+# the rise in negative log-likelihood (nats), the mean KL(baseline ‖ constrained), the perplexity ratio.
+BUDGET_MEASURES: tuple[str, ...] = ("nll", "kl", "ppl")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """``budget kl <= 0.05``: a ceiling on one tax measure over the reference corpus.
+
+    ``measure`` is ``nll`` (ΔNLL per token, nats), ``kl`` (mean KL(baseline ‖ constrained) per token) or
+    ``ppl`` (perplexity ratio).  Not an intervention: ``compare`` asserts it and ``tune`` searches within it."""
+
+    keyword: ClassVar[str] = "budget"
+    measure: Literal["nll", "kl", "ppl"]
+    limit: float
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    measure_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """``target ab >= 0.1`` or ``target sentiment >= 0.5``: a goal for one effect.
+
+    ``measure`` ``ab`` is the shift of mean p(match) on the A/B set from the baseline's; any other name is a
+    concept, whose readout shift on the generated text (calibrated units) is the effect.  ``cmp`` says which
+    way is better (``>=``: higher).  Not an intervention: ``compare`` asserts it and ``tune`` aims at it."""
+
+    keyword: ClassVar[str] = "target"
+    measure: str
+    cmp: Literal[">=", "<="]
+    value: float
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    measure_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+Check: TypeAlias = Budget | Target
+Statement: TypeAlias = Concept | Include | Let | Op | Check | Data
 OP_CLASSES: dict[str, type[Op]] = {c.keyword: c for c in (Clamp, Pin, Ablate, Steer, Scale)}
 VALUE_FIELDS: tuple[str, ...] = ("min", "max", "value", "by")
 
@@ -263,6 +323,10 @@ class SpecLike(Protocol):
     def lets(self) -> tuple[Let, ...]: ...
     @property
     def constraints(self) -> tuple[Op, ...]: ...
+    @property
+    def checks(self) -> tuple[Check, ...]: ...
+    @property
+    def data(self) -> tuple[Data, ...]: ...
     @property
     def path(self) -> str: ...
     @property

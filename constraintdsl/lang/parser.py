@@ -24,12 +24,16 @@ from constraintdsl.errors import Diagnostic, Span, clip, describe_char, did_you_
 
 from .canonical import format_layers, format_number, format_value
 from .nodes import (
+    BUDGET_MEASURES,
     CONCEPT_SOURCES,
+    DATA_KINDS,
     OP_CLASSES,
     SITES,
     TOKEN_KINDS,
+    Budget,
     Concept,
     ConceptSource,
+    Data,
     Depth,
     Gate,
     Include,
@@ -39,6 +43,7 @@ from .nodes import (
     Op,
     Ref,
     Statement,
+    Target,
     Tokens,
     Unit,
     Value,
@@ -48,7 +53,7 @@ from .syntax_errors import EXAMPLES, MESSAGES
 
 __all__ = ["Header", "grammar_path", "normalize_text", "parse_file_statements", "parse_fragment"]
 
-FRAGMENT_RULES = ("value", "layer_list", "percent_range", "tokens_sel", "gate_expr", "let_values")
+FRAGMENT_RULES = ("value", "layer_list", "percent_range", "tokens_sel", "gate_expr", "let_values", "let_span")
 UNITS = ("raw", "sd", "vec")
 METHODS = ("mean", "pca")
 SOURCES = CONCEPT_SOURCES
@@ -170,7 +175,11 @@ class _Builder:
             return Include(self.string(cast(Token, kids[0])), span=span)
         if kind == "concept":
             return self.concept(tree, span)
-        if kind == "let":
+        if kind in ("budget", "target"):
+            return self.check(kind, tree, span)
+        if kind == "data":
+            return self.data(tree, span)
+        if kind in ("let", "let_range"):
             before = len(self.diags)
             let = self.let(tree, span)
             if len(self.diags) > before:  # neither it nor a `$x` among its values is reported again
@@ -287,7 +296,81 @@ class _Builder:
             return None
         return int(text)
 
+    def data(self, tree: Tree[Token], span: Span) -> Data | None:
+        """``data corpus|ab|prompts "PATH"``."""
+        kind_tok, path_tok = (cast(Token, k) for k in _kids(tree))
+        kind = str(kind_tok)
+        path = self.string(path_tok)
+        if kind not in DATA_KINDS:
+            self.error(
+                self.tok_span(kind_tok),
+                f"unknown data kind '{clip(kind)}'",
+                did_you_mean(kind, DATA_KINDS)
+                or 'data names the reference corpus, the A/B set or the prompts: data corpus "neutral.txt"',
+            )
+            return None
+        if not path.strip():
+            return None
+        return Data(cast(Literal["corpus", "ab", "prompts"], kind), path, span=span, path_span=self.tok_span(path_tok))
+
+    def check(self, kind: str, tree: Tree[Token], span: Span) -> Budget | Target | None:
+        """``budget MEASURE <= LIMIT`` or ``target MEASURE >= VALUE`` (or ``<=``): plain numbers only."""
+        measure_tok, cmp_tok, value_tree = _kids(tree)
+        measure, measure_span = str(measure_tok), self.tok_span(cast(Token, measure_tok))
+        cmp = _CMP_ASCII.get(str(cmp_tok), str(cmp_tok))
+        cmp_span = self.tok_span(cast(Token, cmp_tok))
+        ok = True
+        if kind == "budget" and measure not in BUDGET_MEASURES:
+            self.error(
+                measure_span,
+                f"unknown budget measure '{clip(measure)}'",
+                did_you_mean(measure, BUDGET_MEASURES)
+                or "a budget caps nll (ΔNLL per token), kl (mean KL per token) or ppl (perplexity ratio)",
+            )
+            ok = False
+        if kind == "budget" and cmp != "<=":
+            self.error(cmp_span, f"a budget is a ceiling, not `{cmp}`", f"write budget {measure} <= LIMIT")
+            ok = False
+        if kind == "target" and cmp not in (">=", "<="):
+            self.error(
+                cmp_span,
+                f"a target is reached at its value: use `>=` or `<=`, not `{cmp}`",
+                f"target {measure} >= VALUE (higher is better) or <= VALUE (lower is better)",
+            )
+            ok = False
+        value = self.value(cast(Tree[Token], value_tree), kind)
+        if isinstance(value, Ref):
+            self.error(
+                value.span,
+                f"a {kind} is a fixed number, not a variable",
+                "write the number; lets vary the constraints, budgets and targets judge them",
+            )
+            return None
+        if value is None or not ok:
+            return None
+        if value.unit is not Unit.calibrated:
+            self.error(
+                self.tree_span(cast(Tree[Token], value_tree)),
+                f"a {kind} is a plain number, without a unit",
+                "budgets are in nats, KL or a ratio; concept targets in calibrated units (pole distances)",
+            )
+            return None
+        if kind == "budget":
+            if (value.number < 0 and measure != "nll") or (measure == "ppl" and value.number <= 0):
+                self.error(
+                    self.tree_span(cast(Tree[Token], value_tree)),
+                    f"budget {measure} <= {format_number(value.number)} can never be met",
+                    "KL is never negative and a perplexity ratio is positive",
+                )
+                return None
+            return Budget(
+                cast(Literal["nll", "kl", "ppl"], measure), value.number, span=span, measure_span=measure_span
+            )
+        return Target(measure, cast(Literal[">=", "<="], cmp), value.number, span=span, measure_span=measure_span)
+
     def let(self, tree: Tree[Token], span: Span) -> Let:
+        if str(tree.data) == "let_range":
+            return self.let_range(tree, span)
         name_tok, values_tree = cast(Token, _kids(tree)[0]), cast(Tree[Token], _kids(tree)[1])
         values = self.let_values(values_tree)
         return Let(
@@ -297,6 +380,46 @@ class _Builder:
             name_span=self.tok_span(name_tok),
             value_spans=tuple(s for _, s in values),
         )
+
+    def let_range(self, tree: Tree[Token], span: Span) -> Let:
+        """``let NAME = lo .. hi``: a continuous range, ends inclusive, both in one unit, ``lo < hi``."""
+        name_tok, span_tree = _kids(tree)
+        ends = self.let_span(cast(Tree[Token], span_tree))
+        lo_tree, hi_tree = _kids(cast(Tree[Token], span_tree))
+        return Let(
+            str(name_tok),
+            (),
+            ends,
+            span=span,
+            name_span=self.tok_span(name_tok),
+            value_spans=(self.tree_span(lo_tree), self.tree_span(hi_tree)),
+        )
+
+    def let_span(self, tree: Tree[Token]) -> tuple[Value, Value] | None:
+        """The two ends of a continuous let (``0 .. 3``), checked: numbers of one unit, the first below
+        the second."""
+        span = self.tree_span(tree)
+        lo_tree, hi_tree = cast(list[Tree[Token]], _kids(tree))
+        lo, hi = self.value(lo_tree, "let"), self.value(hi_tree, "let")
+        if not isinstance(lo, Value) or not isinstance(hi, Value):
+            return None
+        if lo.unit != hi.unit:
+            self.error(
+                span,
+                f"the ends of a range differ in unit: {format_value(lo)} and {format_value(hi)}",
+                "write both ends in one unit: let floor = 0 .. 3, or 1 raw .. 4 raw",
+            )
+            return None
+        if not lo.number < hi.number:
+            self.error(
+                span,
+                f"empty range: {format_value(lo)} is not below {format_value(hi)}",
+                f"write the smaller end first: {format_value(hi)} .. {format_value(lo)}"
+                if lo.number > hi.number
+                else "a range needs two different ends; for one value, write the value itself",
+            )
+            return None
+        return (lo, hi)
 
     def let_values(self, tree: Tree[Token]) -> list[tuple[Value, Span]]:
         """The alternatives of a ``let`` (``0.1 | 12.5 raw | p25``), each with its span.
@@ -877,6 +1000,7 @@ def parse_fragment(
         "tokens_sel": builder.tokens,
         "gate_expr": builder.gate,
         "let_values": builder.let_values,
+        "let_span": builder.let_span,
     }
     return build[rule](tree), builder.diags
 

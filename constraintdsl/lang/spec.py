@@ -11,7 +11,7 @@ from typing import Any
 
 from .canonical import spec_hash, to_dict, to_dsl, to_yaml
 from .diff import Change, diff
-from .nodes import Concept, Include, Let, Op
+from .nodes import Check, Concept, Data, Include, Let, Op
 
 __all__ = ["Spec"]
 
@@ -23,6 +23,7 @@ class Spec:
     ``parse`` gives what one file says (its ``include`` statements listed, not followed);
     ``load`` gives what it means: includes resolved and flattened, ``includes`` empty.
     A spec with ``lets`` stands for several concrete variants (:mod:`constraintdsl.lang.variants`).
+    ``checks`` (``budget`` and ``target`` statements) say what a run must show; the compiler never reads them.
     """
 
     version: int = 1
@@ -32,6 +33,8 @@ class Spec:
     concepts: tuple[Concept, ...] = ()
     lets: tuple[Let, ...] = ()
     constraints: tuple[Op, ...] = ()
+    checks: tuple[Check, ...] = ()  # budgets and targets: claims about the run, never interventions
+    data: tuple[Data, ...] = ()  # the evaluation data they are measured on (corpus, ab, prompts)
     path: str = field(default="<string>", compare=False)
     sources: tuple[str, ...] = field(default=(), compare=False, repr=False)
     comments: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
@@ -42,6 +45,13 @@ class Spec:
         for v in self.lets:
             if v.name == name:
                 return v
+        return None
+
+    def data_path(self, kind: str) -> str | None:
+        """The path a ``data`` statement gives for ``kind`` (``corpus``, ``ab``, ``prompts``), if any."""
+        for d in self.data:
+            if d.kind == kind:
+                return d.path
         return None
 
     def concept(self, name: str) -> Concept | None:

@@ -13,7 +13,8 @@ __all__ = ["EXAMPLES", "MESSAGES"]
 MESSAGES: dict[str, tuple[str, str | None]] = {
     "unknown_statement": (
         "unknown statement {found}",
-        "statements: version, name, model, include, concept, let, clamp, pin, ablate, steer, scale",
+        "statements: version, name, model, include, concept, let, clamp, pin, ablate, steer, scale, "
+        "budget, target, data",
     ),
     "version_number": ("`version` takes a whole number, found {found}", "version 1"),
     "quoted_text": ("expected a quoted string, found {found}", 'quote it: name "assistant-floor"'),
@@ -100,9 +101,14 @@ MESSAGES: dict[str, tuple[str, str | None]] = {
         "`let` needs a name and '=', found {found}",
         "let floor = 0.1 | 0.3 | 0.5, then use it as $floor: clamp helpfulness >= $floor at layers 10-14",
     ),
+    "check": (
+        "a budget or target is a measure, a comparison and a number; found {found}",
+        "budget kl <= 0.05 (nll, kl or ppl), target ab >= 0.1 (ab or a concept's name)",
+    ),
     "let_values": (
-        "expected values separated by '|' after `let … =`, found {found}",
-        "let floor = 0.1 | 0.3 | 0.5 (each a value with its unit: 0.3, 12.5 raw, p25, 1.5 sd)",
+        "expected values separated by '|', or a range lo .. hi, after `let … =`, found {found}",
+        "let floor = 0.1 | 0.3 | 0.5, or let floor = 0 .. 3 for `cdsl tune` "
+        "(each a value with its unit: 0.3, 12.5 raw, p25, 1.5 sd)",
     ),
     "variable_position": (
         "a variable cannot stand for a layer, depth or token count, found {found}",
@@ -164,6 +170,7 @@ EXAMPLES: dict[str, list[str]] = {
     "gate_layer": _each_op("at layer 1 when h > 0.5 at", "at layer 1 when h > 0.5 at depth 50%"),
     "gate_last": _each_op("when h > 0.5 at layer 1 on last", "at layer 1 when h > 0.5 in attn"),
     "trailing": ["version 1 2", 'name "a" "b"', 'include "a" x'],
+    "check": ["budget", "budget 0.05", "target >= 0.1", "budget kl", "budget kl 0.05", "target ab = 0.1"],
     "let_name": ["let", "let x", "let x 0.1", "let = 0.1", "let $x = 0.1", "let x == 0.1", 'let "x" = 1'],
     "let_values": [
         "let x =",

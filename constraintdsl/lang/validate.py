@@ -11,15 +11,31 @@ import difflib
 import itertools
 import math
 from collections.abc import Collection, Sequence
+from typing import cast
 
 from constraintdsl.errors import Diagnostic, Span, SpecError, clip, did_you_mean
 
-from .canonical import format_value
-from .nodes import Clamp, Concept, Include, Let, Op, Ref, Statement, Value, op_refs
+from .canonical import canonical_checks, canonical_data, format_value
+from .nodes import (
+    OP_CLASSES,
+    Budget,
+    Check,
+    Clamp,
+    Concept,
+    Data,
+    Include,
+    Let,
+    Op,
+    Ref,
+    Statement,
+    Target,
+    Value,
+    op_refs,
+)
 from .parser import Header, unit_problem
 from .spec import Spec
 
-__all__ = ["SUPPORTED_VERSION", "assemble", "check_concepts", "check_lets"]
+__all__ = ["SUPPORTED_VERSION", "assemble", "check_checks", "check_concepts", "check_data", "check_lets", "let_points"]
 
 MAX_VARIANTS = 1024  # variants one spec may expand to
 
@@ -51,8 +67,12 @@ def assemble(
     includes = tuple(s for s in statements if isinstance(s, Include))
     concepts = tuple(s for s in statements if isinstance(s, Concept))
     lets = tuple(s for s in statements if isinstance(s, Let))
-    constraints = tuple(s for s in statements if not isinstance(s, Include | Concept | Let))
+    constraints = cast(tuple[Op, ...], tuple(s for s in statements if isinstance(s, tuple(OP_CLASSES.values()))))
+    checks = tuple(s for s in statements if isinstance(s, Budget | Target))
+    data = tuple(s for s in statements if isinstance(s, Data))
+    diags.extend(check_data(data))
     diags.extend(check_concepts(concepts, constraints, references=not includes))
+    diags.extend(check_checks(checks, concepts, references=not includes))
     # A file without operations (a library of concepts and lets) is checked for unused lets where it is included.
     diags.extend(
         check_lets(
@@ -73,6 +93,8 @@ def assemble(
         concepts=concepts,
         lets=lets,
         constraints=constraints,
+        checks=canonical_checks(checks),
+        data=canonical_data(data),
         path=path,
         sources=(path,),
         comments=tuple(comments),
@@ -142,6 +164,53 @@ def check_concepts(
                 )
             )
     return out
+
+
+def check_checks(checks: Sequence[Check], concepts: Sequence[Concept], *, references: bool = True) -> list[Diagnostic]:
+    """At most one budget per measure and one target per measure and direction; with ``references``,
+    every target names ``ab`` or a defined concept."""
+    out: list[Diagnostic] = []
+    seen: dict[tuple[str, ...], Check] = {}
+    names = {c.name for c in concepts}
+    for check in checks:
+        key = (check.keyword, check.measure) + ((check.cmp,) if isinstance(check, Target) else ())
+        if key in seen:
+            first = seen[key].span
+            where = f"line {first.line}" if first.path == check.span.path else str(first)
+            out.append(
+                Diagnostic(
+                    check.span,
+                    f"a second `{' '.join(key)}` statement",
+                    f"the first is at {where}; keep one (the stricter one is what you mean)",
+                )
+            )
+            continue
+        seen[key] = check
+        if references and isinstance(check, Target) and check.measure != "ab" and check.measure not in names:
+            hint = did_you_mean(check.measure, [*sorted(names), "ab"]) or (
+                "a target names `ab` (the A/B p(match) shift) or a concept of this spec (its readout shift)"
+            )
+            out.append(Diagnostic(check.measure_span, f"unknown target '{clip(check.measure)}'", hint))
+    return out
+
+
+def check_data(data: Sequence[Data]) -> list[Diagnostic]:
+    """At most one ``data`` statement per kind."""
+    out: list[Diagnostic] = []
+    seen: dict[str, Data] = {}
+    for d in data:
+        if d.kind in seen:
+            first = seen[d.kind].span
+            where = f"line {first.line}" if first.path == d.span.path else str(first)
+            out.append(Diagnostic(d.span, f"a second `data {d.kind}` statement", f"the first is at {where}; keep one"))
+        else:
+            seen[d.kind] = d
+    return out
+
+
+def let_points(let: Let) -> tuple[Value, ...]:
+    """The values a let's checks must hold for: its listed values, or a range's two ends."""
+    return let.values if let.range is None else let.range
 
 
 def _undefined(name: str, span: Span, defined: dict[str, Concept]) -> Diagnostic:
@@ -225,6 +294,7 @@ def _repeated_values(let: Let) -> list[Diagnostic]:
 
 def _too_many(lets: list[Let]) -> list[Diagnostic]:
     total = 1
+    lets = [let for let in lets if let.range is None]  # a range is searched by tune, not expanded
     for i, let in enumerate(lets):
         total *= len(let.values)
         if total > MAX_VARIANTS:
@@ -252,7 +322,7 @@ def _undefined_ref(ref: Ref, defined: dict[str, Let]) -> Diagnostic:
 def _unfit_values(let: Let, op: Op, key: str, ref: Ref) -> list[Diagnostic]:
     context = "gate" if key == "when" else op.keyword
     out: list[Diagnostic] = []
-    for i, v in enumerate(let.values):
+    for i, v in enumerate(let_points(let)):
         problem = unit_problem(v, context)
         if problem is not None:
             span = let.value_spans[i] if i < len(let.value_spans) else let.span
@@ -276,7 +346,7 @@ def _empty_intervals(op: Clamp, defined: dict[str, Let]) -> list[Diagnostic]:
         if isinstance(v, Value):
             return [(None, v)]
         let = defined.get(v.name)
-        return [(v.name, x) for x in let.values] if let is not None else []
+        return [(v.name, x) for x in let_points(let)] if let is not None else []
 
     for (lo_name, lo), (hi_name, hi) in itertools.product(choices(op.min), choices(op.max)):
         if lo_name is not None and lo_name == hi_name and lo != hi:

@@ -19,16 +19,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import cast
 
-from constraintdsl.errors import SpecError, UserError, clip, did_you_mean
+from constraintdsl.errors import Diagnostic, SpecError, UserError, clip, did_you_mean
 
 from .canonical import format_value
 from .loading import spec_sources
-from .nodes import Gate, Op, Ref, Scale, Value, op_refs
+from .nodes import Gate, Let, Op, Ref, Scale, Value, op_refs
 from .parser import parse_fragment
 from .spec import Spec
 from .validate import check_lets
 
-__all__ = ["Variant", "bind", "count", "expand", "first_ref", "select", "variant_name"]
+__all__ = [
+    "Variant",
+    "bind",
+    "continuous",
+    "count",
+    "expand",
+    "first_ref",
+    "refuse_continuous",
+    "select",
+    "variant_name",
+]
 
 _SHOWN = 12  # variant names listed in an error before "… and N more"
 
@@ -53,8 +63,41 @@ def variant_name(bindings: tuple[tuple[str, Value], ...]) -> str:
 
 
 def count(spec: Spec) -> int:
-    """How many variants ``spec`` expands to (1 without lets)."""
-    return math.prod(len(let.values) for let in spec.lets)
+    """How many variants ``spec`` expands to (1 without lets); a continuous let (a range) counts as one,
+    since ``tune`` searches it and nothing expands it."""
+    return math.prod(len(let.values) for let in spec.lets if let.range is None)
+
+
+def continuous(spec: Spec) -> tuple[Let, ...]:
+    """The spec's continuous lets (``let floor = 0 .. 3``), in declaration order."""
+    return tuple(let for let in spec.lets if let.range is not None)
+
+
+def ends_as_values(spec: Spec) -> Spec:
+    """``spec`` with every continuous let turned into a listed one of its two ends (``0 .. 3`` → ``0 | 3``):
+    what checks that must hold over the whole range look at."""
+    if not continuous(spec):
+        return spec
+    lets = tuple(let if let.range is None else replace(let, values=let.range, range=None) for let in spec.lets)
+    return replace(spec, lets=lets)
+
+
+def refuse_continuous(spec: Spec, verb: str = "this command") -> None:
+    """A located :class:`SpecError` at the first continuous let: ``verb`` needs listed values."""
+    lets = continuous(spec)
+    if not lets:
+        return
+    let = lets[0]
+    assert let.range is not None
+    lo, hi = (format_value(v) for v in let.range)
+    raise SpecError(
+        Diagnostic(
+            let.span,
+            f"let '{let.name}' is a range ({lo} .. {hi}), which {verb} cannot expand into variants",
+            f"search it with `cdsl tune {spec.path}`, or list values: let {let.name} = {lo} | … | {hi}",
+        ),
+        spec_sources(spec),
+    )
 
 
 def _checked(spec: Spec) -> None:
@@ -66,13 +109,19 @@ def _checked(spec: Spec) -> None:
 
 
 def bind(spec: Spec, values: Mapping[str, Value]) -> Spec:
-    """``spec`` with every ``$name`` replaced by ``values[name]`` and its lets dropped."""
-    return replace(spec, lets=(), constraints=tuple(_bind_op(op, values) for op in spec.constraints))
+    """``spec`` with every ``$name`` of ``values`` replaced by its value and those lets dropped (others stay)."""
+    return replace(
+        spec,
+        lets=tuple(let for let in spec.lets if let.name not in values),
+        constraints=tuple(_bind_op(op, values) for op in spec.constraints),
+    )
 
 
 def _bind_op(op: Op, values: Mapping[str, Value]) -> Op:
     changes: dict[str, object] = {}
     for key, ref in op_refs(op):
+        if ref.name not in values:
+            continue
         value = values[ref.name]
         if key == "when":
             changes["gate"] = replace(cast(Gate, op.gate), value=value)
@@ -93,6 +142,7 @@ def expand(spec: Spec) -> list[Variant]:
         raise TypeError(f"expand() takes a Spec (from constraintdsl.load), not {type(spec).__name__}")
     if not spec.lets and not any(op_refs(op) for op in spec.constraints):
         return [Variant("", (), spec)]
+    refuse_continuous(spec)
     _checked(spec)
     names = [let.name for let in spec.lets]
     out: list[Variant] = []

@@ -23,7 +23,21 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from constraintdsl.errors import Diagnostic, Span, clip, describe_char, did_you_mean
 
-from .nodes import OP_CLASSES, SITES, Concept, LayerRange, Layers, Let, Op, Ref, Statement, Value
+from .nodes import (
+    BUDGET_MEASURES,
+    OP_CLASSES,
+    SITES,
+    Budget,
+    Concept,
+    LayerRange,
+    Layers,
+    Let,
+    Op,
+    Ref,
+    Statement,
+    Target,
+    Value,
+)
 from .parser import (
     FEATURE_MISSING,
     FEATURE_ON_OTHER,
@@ -106,6 +120,29 @@ class ScaleEntry(_OpEntry):
     by: ValueField
 
 
+class BudgetEntry(BaseModel):
+    """``budget``: a ceiling ``max`` on one tax measure over the reference corpus."""
+
+    model_config = _Strict
+    op: Literal["budget"]
+    measure: Literal["nll", "kl", "ppl"] = Field(
+        description="nll: ΔNLL per token (nats); kl: mean KL(baseline ‖ constrained) per token; ppl: perplexity ratio"
+    )
+    max: float | int
+
+
+class TargetEntry(BaseModel):
+    """``target``: an effect to reach, ``min`` (higher is better) or ``max`` (lower is better)."""
+
+    model_config = _Strict
+    op: Literal["target"]
+    measure: str = Field(description="ab: the A/B p(match) shift; or a concept: its readout shift (calibrated)")
+    min: float | int | None = None
+    max: float | int | None = None
+
+
+CHECK_MODELS: dict[str, type[BaseModel]] = {"budget": BudgetEntry, "target": TargetEntry}
+
 ENTRY_MODELS: dict[str, type[_OpEntry]] = {
     "clamp": ClampEntry,
     "pin": PinEntry,
@@ -125,13 +162,18 @@ class Document(BaseModel):
     model: str | None = Field(None, description="default model, e.g. smollm2 or a Hugging Face id")
     include: list[str] = Field(default_factory=list, description="other spec files, relative to this one")
     concepts: dict[str, ConceptEntry] = Field(default_factory=dict)
+    data: dict[Literal["corpus", "ab", "prompts"], str] = Field(
+        default_factory=dict,
+        description="evaluation data, relative to this file: {corpus: neutral.txt, ab: ab.yaml, prompts: prompts.txt}",
+    )
     let: dict[str, list[ValueField] | str] = Field(
         default_factory=dict,
-        description='variants: {floor: [0.1, 0.3, "p25"]}, used as "$floor" in a value',
+        description='variants: {floor: [0.1, 0.3, "p25"]}, or a range for tune: {floor: "0 .. 3"}; '
+        'used as "$floor" in a value',
     )
-    constraints: list[str | ClampEntry | PinEntry | AblateEntry | SteerEntry | ScaleEntry] = Field(
-        default_factory=list, description="each a mapping with `op`, or one DSL line"
-    )
+    constraints: list[
+        str | ClampEntry | PinEntry | AblateEntry | SteerEntry | ScaleEntry | BudgetEntry | TargetEntry
+    ] = Field(default_factory=list, description="each a mapping with `op`, or one DSL line")
 
 
 def json_schema() -> dict[str, Any]:
@@ -362,20 +404,66 @@ def _value(reader: _Reader, item: _Item, context: str) -> Value | Ref | None:
     return cast(Value | Ref | None, _fragment(reader, item, "value", context))
 
 
-def _op(reader: _Reader, item: _Item) -> Op | None:
+def _check(reader: _Reader, item: _Item, op: str) -> Budget | Target | None:
+    """``{op: budget, measure: kl, max: 0.05}`` or ``{op: target, measure: ab, min: 0.1}``."""
+    data = cast(dict[str, _Item], item.value)
+    if op == "budget" and "measure" in data and data["measure"].value not in BUDGET_MEASURES:
+        word = data["measure"].value
+        reader.error(
+            data["measure"].node,
+            f"unknown budget measure '{clip(str(word))}'",
+            (did_you_mean(word, BUDGET_MEASURES) if isinstance(word, str) else None)
+            or "a budget caps nll (ΔNLL per token), kl (mean KL per token) or ppl (perplexity ratio)",
+        )
+        return None
+    if _validate(reader, CHECK_MODELS[op], item, f"`{op}`") is None:
+        return None
+    span, measure_span = reader.span(item.node), reader.span(data["measure"].node)
+    measure = str(data["measure"].value)
+    bounds = [k for k in ("min", "max") if k in data]
+    if op == "budget":
+        limit = _value(reader, data["max"], "budget")
+        if not isinstance(limit, Value):
+            return None
+        if (limit.number < 0 and measure != "nll") or (measure == "ppl" and limit.number <= 0):
+            reader.error(
+                data["max"].node,
+                f"budget {measure} <= {limit.number:g} can never be met",
+                "KL is never negative and a perplexity ratio is positive",
+            )
+            return None
+        return Budget(cast(Literal["nll", "kl", "ppl"], measure), limit.number, span=span, measure_span=measure_span)
+    if len(bounds) != 1:
+        reader.error(
+            item.node,
+            "a target has one of `min` (higher is better) or `max` (lower is better)",
+            "target: {op: target, measure: ab, min: 0.1}",
+        )
+        return None
+    value = _value(reader, data[bounds[0]], "target")
+    if not isinstance(value, Value):
+        return None
+    cmp: Literal[">=", "<="] = ">=" if bounds[0] == "min" else "<="
+    return Target(measure, cmp, value.number, span=span, measure_span=measure_span)
+
+
+def _op(reader: _Reader, item: _Item) -> Op | Budget | Target | None:
     data = cast(dict[str, _Item], item.value)
     op_item = data.get("op")
+    kinds = [*ENTRY_MODELS, *CHECK_MODELS]
     if op_item is None:
         reader.error(
             item.node,
             "constraint is missing 'op'",
-            f"add `op:` ({', '.join(ENTRY_MODELS)}), or write the constraint as one DSL line",
+            f"add `op:` ({', '.join(kinds)}), or write the constraint as one DSL line",
         )
         return None
     op = op_item.value
+    if isinstance(op, str) and op in CHECK_MODELS:
+        return _check(reader, item, op)
     if not isinstance(op, str) or op not in ENTRY_MODELS:
         word = op if isinstance(op, str) else _type_word(op)
-        hint = (did_you_mean(op, ENTRY_MODELS) if isinstance(op, str) else None) or f"ops: {', '.join(ENTRY_MODELS)}"
+        hint = (did_you_mean(op, kinds) if isinstance(op, str) else None) or f"ops: {', '.join(kinds)}"
         reader.error(op_item.node, f"unknown op '{word}'", hint)
         return None
     entry = _validate(reader, ENTRY_MODELS[op], item, f"`{op}` constraint")
@@ -472,6 +560,12 @@ def _let(reader: _Reader, name: Any, entry: _Item, header: Header) -> Let | None
         return None
     values: list[tuple[Value, Span]] = []
     before = len(reader.diags)
+    if isinstance(entry.value, str) and ".." in entry.value:
+        ends = cast(tuple[Value, Value] | None, _fragment(reader, entry, "let_span"))
+        if ends is None:
+            header.broken_lets.add(name)
+        span = reader.span(key_node)
+        return Let(name, (), ends, span=span, name_span=span, value_spans=(reader.span(entry.node),) * 2)
     if isinstance(entry.value, str):
         values = cast(list[tuple[Value, Span]], _fragment(reader, entry, "let_values") or [])
     elif isinstance(entry.value, list):
@@ -578,6 +672,18 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
 
         for inc in cast(list[_Item], data["include"].value) if "include" in data else []:
             statements.append(Include(str(inc.value), span=reader.span(inc.node)))
+        from .nodes import Data
+
+        for data_kind, entry in _iter_mapping(data["data"]) if "data" in data else []:
+            span = reader.span(cast(Node, entry.key_node))
+            statements.append(
+                Data(
+                    cast(Literal["corpus", "ab", "prompts"], data_kind),
+                    str(entry.value),
+                    span=span,
+                    path_span=reader.span(entry.node),
+                )
+            )
     if isinstance(data.get("concepts", _Item(None, root_node)).value, dict):
         for name, entry in _iter_mapping(data["concepts"]):
             if not isinstance(entry.value, dict):
@@ -635,7 +741,7 @@ def parse_yaml(text: str, path: str) -> tuple[Header, list[Statement], list[Diag
                 reader.diags.extend(diags)
                 if stmt is None and not diags:
                     reader.error(entry.node, "only operations may be written as DSL lines in `constraints`", None)
-                elif stmt is not None and not isinstance(stmt, tuple(OP_CLASSES.values())):
+                elif stmt is not None and not isinstance(stmt, (*OP_CLASSES.values(), Budget, Target)):
                     reader.error(
                         entry.node,
                         "only operations may be written as DSL lines in `constraints`",
