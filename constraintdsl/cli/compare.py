@@ -579,6 +579,29 @@ class ABScore(str, Enum):
     sum = "sum"
 
 
+# The inputs and run options `cdsl compare` and `cdsl tune` share.
+PromptsOpt = Annotated[
+    str | None, typer.Option("--prompts", help="prompt file (default: the shipped comparison prompts)")
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="use only the first N prompts")]
+CorpusOpt = Annotated[
+    str | None, typer.Option("--corpus", help="reference corpus (default: the shipped neutral corpus)")
+]
+CorpusTokensOpt = Annotated[
+    int,
+    typer.Option("--corpus-tokens", min=0, help="use the corpus's first N tokens (0: all; else at least --window)"),
+]
+WindowOpt = Annotated[int, typer.Option("--window", min=2, max=8192, help="tokens per corpus window")]
+ABOpt = Annotated[str | None, typer.Option("--ab", help="A/B behavior set (YAML)")]
+ABScoreOpt = Annotated[
+    ABScore,
+    typer.Option("--ab-score", help="score an A/B answer by the mean log-probability of its tokens, or by their sum"),
+]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, max=4096)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+HostOpt = Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")]
+
+
 StoreOpt = Annotated[
     str | None,
     typer.Option("--store", help="run store file (default: $CONSTRAINTDSL_STORE or runs.sqlite in the cache dir)"),
@@ -587,31 +610,18 @@ StoreOpt = Annotated[
 
 def _compare_cmd(
     specs: Annotated[list[str], typer.Argument(help="spec files to compare with the baseline", metavar="SPEC...")],
-    prompts: Annotated[
-        str | None, typer.Option("--prompts", help="prompt file (default: the shipped comparison prompts)")
-    ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="use only the first N prompts")] = None,
-    corpus: Annotated[
-        str | None, typer.Option("--corpus", help="reference corpus (default: the shipped neutral corpus)")
-    ] = None,
-    corpus_tokens: Annotated[
-        int,
-        typer.Option("--corpus-tokens", min=0, help="use the corpus's first N tokens (0: all; else at least --window)"),
-    ] = 8192,
-    window: Annotated[int, typer.Option("--window", min=2, max=8192, help="tokens per corpus window")] = 128,
-    ab: Annotated[str | None, typer.Option("--ab", help="A/B behavior set (YAML)")] = None,
-    ab_score: Annotated[
-        ABScore,
-        typer.Option(
-            "--ab-score",
-            help="score an A/B answer by the mean log-probability of its tokens, or by their sum",
-        ),
-    ] = ABScore.mean,
+    prompts: PromptsOpt = None,
+    limit: LimitOpt = None,
+    corpus: CorpusOpt = None,
+    corpus_tokens: CorpusTokensOpt = 8192,
+    window: WindowOpt = 128,
+    ab: ABOpt = None,
+    ab_score: ABScoreOpt = ABScore.mean,
     model: Annotated[
         str | None, typer.Option("--model", help="smollm2, a Hugging Face id or a local folder (default: the spec's)")
     ] = None,
     dtype: Annotated[Dtype, typer.Option("--dtype", help="model weights dtype")] = Dtype.float32,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=4096)] = 32,
+    max_new_tokens: MaxNewTokensOpt = 32,
     no_marginal: Annotated[
         bool, typer.Option("--no-marginal", help="skip the leave-one-out runs behind marginal tax")
     ] = False,
@@ -626,14 +636,14 @@ def _compare_cmd(
             "the first concept)",
         ),
     ] = None,
-    json_: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    json_: JsonOpt = False,
     store: StoreOpt = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="do not record this run in the store")] = False,
     from_store: Annotated[
         bool, typer.Option("--from-store", help="rebuild from recorded results; run nothing")
     ] = False,
     remote: Annotated[bool, typer.Option("--remote", help="run on NDIF (host: --host, NDIF_HOST or config)")] = False,
-    host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
+    host: HostOpt = None,
     strict: StrictOpt = False,
     junit: Annotated[
         str | None,

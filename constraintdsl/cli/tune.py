@@ -18,7 +18,26 @@ import typer
 from constraintdsl.errors import UserError
 
 from .common import EXIT_FAILED, EXIT_OK, Dtype
-from .compare import ABScore, CompareOptions, StoreOpt, _Bar, _inputs, _open_store, _preflight, with_spec_data
+from .compare import (
+    ABOpt,
+    ABScore,
+    ABScoreOpt,
+    CompareOptions,
+    CorpusOpt,
+    CorpusTokensOpt,
+    HostOpt,
+    JsonOpt,
+    LimitOpt,
+    MaxNewTokensOpt,
+    PromptsOpt,
+    StoreOpt,
+    WindowOpt,
+    _Bar,
+    _inputs,
+    _open_store,
+    _preflight,
+    with_spec_data,
+)
 
 if TYPE_CHECKING:
     from constraintdsl.compare.tune import Point, TuneResult
@@ -226,32 +245,23 @@ def _tune_cmd(
     ] = None,
     per_round: Annotated[int, typer.Option("--per-round", min=2, max=64, help="new points per round")] = 4,
     max_rounds: Annotated[int, typer.Option("--max-rounds", min=1, max=48, help="at most this many rounds")] = 12,
-    prompts: Annotated[
-        str | None, typer.Option("--prompts", help="prompt file (default: the shipped comparison prompts)")
-    ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="use only the first N prompts")] = None,
-    corpus: Annotated[
-        str | None, typer.Option("--corpus", help="reference corpus (default: the shipped neutral corpus)")
-    ] = None,
-    corpus_tokens: Annotated[
-        int,
-        typer.Option("--corpus-tokens", min=0, help="use the corpus's first N tokens (0: all; else at least --window)"),
-    ] = 8192,
-    window: Annotated[int, typer.Option("--window", min=2, max=8192, help="tokens per corpus window")] = 128,
-    ab: Annotated[str | None, typer.Option("--ab", help="A/B behavior set (YAML)")] = None,
-    ab_score: Annotated[ABScore, typer.Option("--ab-score", help="mean or sum log-probability per answer")] = (
-        ABScore.mean
-    ),
+    prompts: PromptsOpt = None,
+    limit: LimitOpt = None,
+    corpus: CorpusOpt = None,
+    corpus_tokens: CorpusTokensOpt = 8192,
+    window: WindowOpt = 128,
+    ab: ABOpt = None,
+    ab_score: ABScoreOpt = ABScore.mean,
     model: Annotated[
         str | None, typer.Option("--model", help="smollm2, a Hugging Face id or a local folder (default: the spec's)")
     ] = None,
     dtype: Annotated[Dtype, typer.Option("--dtype", help="model weights dtype")] = Dtype.float32,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=4096)] = 32,
-    json_: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    max_new_tokens: MaxNewTokensOpt = 32,
+    json_: JsonOpt = False,
     store: StoreOpt = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="do not record the points in the store")] = False,
     remote: Annotated[bool, typer.Option("--remote", help="run on NDIF (one request per round)")] = False,
-    host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
+    host: HostOpt = None,
 ) -> None:
     """Search the spec's continuous lets for the best variant within its budgets and targets; print every
     evaluated point; with -o write the chosen spec.  Exit 1 when no point meets every budget and target."""
