@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import constraintdsl as cdsl
+from benchmarks.overhead import CLOCK, timed
 from constraintdsl.concepts.artifact import ConceptArtifact
 from constraintdsl.run import runner
 from constraintdsl.runtime import interventions as rt
@@ -47,21 +48,6 @@ from tests.qp import kkt_violation
 
 KS = (1, 8, 32, 64, 256)
 LAYER = 15
-
-
-# wall time by default; --clock cpu counts this process's CPU time instead, which a busy shared
-# machine disturbs far less (CPU runs only: a GPU's time is not this process's CPU time)
-CLOCK: list[Callable[[], float]] = [time.perf_counter]
-
-
-def timed(fn: Callable[[], Any], into: list[float]) -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = CLOCK[0]()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    into.append((CLOCK[0]() - t0) * 1000)
 
 
 def random_directions(rng: np.random.Generator, k: int, hidden: int, cos: float = 0.3) -> np.ndarray:

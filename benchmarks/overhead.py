@@ -58,14 +58,15 @@ clamp formality <= 0.8 at layers 10-14
 CLOCK: list[Callable[[], float]] = [time.perf_counter]
 
 
-def median_ms(fn: Callable[[], Any], rounds: list[float]) -> None:
+def timed(fn: Callable[[], Any], into: list[float]) -> None:
+    """Append one timing of ``fn`` in ms (by :data:`CLOCK`; a GPU is synchronized around it) to ``into``."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = CLOCK[0]()
     fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    rounds.append((CLOCK[0]() - t0) * 1000)
+    into.append((CLOCK[0]() - t0) * 1000)
 
 
 def site_groups(plan: Any, device: torch.device) -> dict[int, tuple[dict[str, Any], torch.Tensor, torch.Tensor]]:
@@ -193,7 +194,7 @@ def measure(
         fn()
     for _ in range(rounds):
         for name, fn in variants.items():
-            median_ms(fn, times.setdefault(name, []))
+            timed(fn, times.setdefault(name, []))
     return {name: statistics.median(v) for name, v in times.items()}
 
 

@@ -33,6 +33,7 @@ from constraintdsl.cli.app import main
 from constraintdsl.concepts.artifact import _serialize, _tensors, load_artifact
 from constraintdsl.models.loading import load_model
 from tests.test_compare import write_concepts
+from tests.test_compare_cli import AB, CORPUS
 from tests.tiny import HIDDEN, tiny_hf, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,25 +62,6 @@ pairs:
   - positive: "Please find attached the kind report you requested."
     negative: "Please find attached the awful report you requested."
     split: test
-"""
-
-CORPUS = """The cat sat on the mat and looked out of the window at the rain.
-The capital of France is Paris. The capital of Italy is Rome.
----
-Please find attached the report you requested. 0 1 2 3 4 5 6 7 8 9.
-Thank you very much, this was wonderful and kind.
-"""
-
-AB = """behavior: a
-items:
-  - question: "How was the film?"
-    a: "Thank you very much, this was wonderful and kind."
-    b: "That is a terrible idea and I will not do it."
-    match: a
-  - question: "Can you help me?"
-    a: "Sorry, I can't help with that request."
-    b: "I am so happy to help you with that question!"
-    match: b
 """
 
 # ------------------------------------------------------------------------------------------- fixtures
