@@ -15,10 +15,14 @@ budget).  Both measure the same things on the same inputs (corpus windows, promp
 
 - ``tune_value`` / ``grid_value``: the floor each picks (``null`` when none is within the budget);
 - ``within_one_grid_step``: the two differ by at most one grid step (target: true);
-- ``forward_passes_tune`` / ``forward_passes_grid``: forward passes each ran, as ``compare`` counts them
-  (corpus passes, A/B passes, one per generation, one readout pass); ``passes_ratio`` = tune / grid (target
-  ≤ 0.34);
-- ``tune_points``, ``tune_rounds`` and both wall times (timings: re-measure on a quiet machine).
+- ``forward_passes_tune`` / ``forward_passes_grid``: batched forward passes each ran, as ``compare`` counts
+  them (corpus passes, A/B passes, one per generation, one readout pass); ``passes_ratio`` = tune / grid.  A
+  batched pass carries every arm of its round, so the grid (one round of 33 arms) needs few of them while its
+  compute grows with its arms; hence also
+- ``sequences_tune`` / ``sequences_grid``: the forward work, input sequences times the arms each went through
+  (``Comparison.sequences``), and ``work_ratio`` = tune / grid (target ≤ 0.34);
+- ``seconds_ratio`` = tune's wall time / the grid's, from the same run (re-measure on a quiet machine);
+- ``tune_points``, ``tune_rounds``.
 
 The last line printed is one JSON object.
 """
@@ -104,6 +108,7 @@ def main() -> None:
     within = [f for f, kl in zip(floors, grid_kl, strict=True) if kl <= args.budget]
     grid_value = max(within) if within else None
     passes_grid = sum(grid.passes.values())
+    sequences_grid = sum(grid.sequences.values())
     out: dict[str, Any] = {
         "benchmark": "tune",
         "budget_kl": args.budget,
@@ -120,6 +125,10 @@ def main() -> None:
         "forward_passes_tune": result.forward_passes,
         "forward_passes_grid": passes_grid,
         "passes_ratio": result.forward_passes / passes_grid if passes_grid else None,
+        "sequences_tune": result.sequences,
+        "sequences_grid": sequences_grid,
+        "work_ratio": result.sequences / sequences_grid if sequences_grid else None,
+        "seconds_ratio": round(tune_seconds / grid_seconds, 3) if grid_seconds else None,
         "tune_points": len(result.points),
         "tune_rounds": result.rounds,
         "tune_seconds": round(tune_seconds, 2),

@@ -1002,6 +1002,24 @@ def _(w: Work) -> list[str]:
     return ["explain", "spec.cdsl", "--model", str(w.model)]
 
 
+# -- models ---------------------------------------------------------------------------------------------
+
+
+@case("models with a host that is not a URL", 2, "--host", "'not-a-url' is not a server URL")
+def _(w: Work) -> list[str]:
+    return ["models", "--host", "not-a-url"]
+
+
+@case("models with a host whose port is out of range", 2, "--host", "not a server URL")
+def _(w: Work) -> list[str]:
+    return ["models", "--host", "http://127.0.0.1:99999"]
+
+
+@case("models without a server says it needs --remote or --host", 2, "--remote", "needs a server")
+def _(w: Work) -> list[str]:
+    return ["models"]
+
+
 # ------------------------------------------------------------------------------------------ helpers
 
 

@@ -147,3 +147,32 @@ def test_two_lets_are_searched_together_and_the_best_point_meets_the_budget(
         return (p["values"]["k"] + p["values"]["j"]) / 0.4
 
     assert strength(best) == max(strength(p) for p in result["points"] if p["meets"])
+
+
+def test_a_kept_baseline_is_not_run_again_and_changes_no_result(work: Path) -> None:  # noqa: F811
+    from dataclasses import replace
+
+    from constraintdsl.compare.ab import load_ab
+    from constraintdsl.compare.comparison import Baseline, compare
+
+    model = load_model(str(work / "tiny"))
+    windows, total = corpus_windows(model.tokenizer, [(work / "corpus.txt").read_text()], window=8)
+    ab = load_ab(str(work / "ab.yaml"))
+    inputs = Inputs(prompts=("hello there",), corpus=windows, corpus_tokens_total=total, ab=ab, max_new_tokens=3)
+    spec = cdsl.load(write(work, "kept.cdsl", "let k = 0.1 | 0.2\n" + STEER))
+    kept = Baseline()
+    first = compare(model, [spec], inputs, marginal=False, baseline=kept)
+    assert kept.key is not None and kept.ab is not None
+    again = compare(model, [spec], inputs, marginal=False, baseline=kept)
+    fresh = compare(model, [spec], inputs, marginal=False)
+    for got, want in zip(again.rows, fresh.rows, strict=True):
+        assert got.tax == pytest.approx(want.tax, rel=1e-6, abs=1e-9)
+        assert got.ab["p_items"] == pytest.approx(want.ab["p_items"], rel=1e-6)
+        assert got.dof == pytest.approx(want.dof, rel=1e-6)
+    # the baseline's A/B answers were not scored the second time; its corpus windows were (KL needs its logits)
+    assert again.sequences["ab"] == first.sequences["ab"] - 2 * len(ab.items) == 2 * 2 * len(ab.items)
+    assert again.sequences["corpus"] == first.sequences["corpus"] == 3 * int(windows.shape[0])
+    # kept for other inputs, it is scored again (and kept anew)
+    other = replace(inputs, max_new_tokens=2)
+    third = compare(model, [spec], other, marginal=False, baseline=kept)
+    assert third.sequences["ab"] == first.sequences["ab"] and kept.key[2] == other.digest()

@@ -19,7 +19,7 @@ import typer
 
 from constraintdsl.errors import UserError
 
-from . import compare, concept, export, run, spec_files, tune
+from . import compare, concept, export, models, run, spec_files, tune
 from .common import EXIT_INTERNAL, EXIT_INVALID, debug
 
 __all__ = ["app", "main"]
@@ -53,6 +53,7 @@ def _main(
 
 for _group in (spec_files, run, concept, compare, tune, export):
     _group.register(app)
+models.register(app)
 
 
 _NAMED_METAVARS = {

@@ -30,7 +30,16 @@ if TYPE_CHECKING:
     from constraintdsl.errors import Diagnostic
     from constraintdsl.lang.spec import Spec
 
-__all__ = ["CompareOptions", "compare_command", "register", "runs_list", "runs_show", "shipped", "with_spec_data"]
+__all__ = [
+    "CompareOptions",
+    "compare_command",
+    "options_model",
+    "register",
+    "runs_list",
+    "runs_show",
+    "shipped",
+    "with_spec_data",
+]
 
 _SHIPPED = {
     "prompts": ("prompts", "compare.txt"),
@@ -162,6 +171,20 @@ def _specs(paths: tuple[str, ...]) -> list[Spec]:
     return specs
 
 
+def options_model(opts: CompareOptions, spec: Spec, err: TextIO, *, lazy: bool) -> Any:
+    """The model ``opts`` name (else ``spec``'s, else the embedded one), read without its weights when
+    ``lazy`` (a remote comparison or tuning: the server holds them)."""
+    from constraintdsl.models.loading import DEFAULT_MODEL, check_model_name, load_lazy, load_model
+
+    chosen = opts.model or spec.model or DEFAULT_MODEL
+    check_model_name(chosen)
+    if lazy:
+        err.write(f"reading model {chosen} ({opts.dtype}) without its weights…\n")
+        return load_lazy(chosen, dtype=opts.dtype)
+    err.write(f"loading model {chosen} ({opts.dtype})…\n")
+    return load_model(chosen, dtype=opts.dtype)
+
+
 def with_spec_data(opts: CompareOptions, specs: Sequence[Spec]) -> CompareOptions:
     """``opts`` with the prompts, corpus and A/B set the specs name (``data`` statements) where no flag gives
     them; specs that name different files for one kind are refused unless the flag chooses."""
@@ -249,15 +272,13 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
 
     Every input and output location is checked before the model is loaded (see :func:`_preflight`)."""
     from constraintdsl.compare.comparison import compare
-    from constraintdsl.models.loading import DEFAULT_MODEL, check_model_name, load_model
 
     specs = _specs(opts.specs)
     opts = with_spec_data(opts, specs)
     read = _preflight(opts, specs)
-    chosen = opts.model or specs[0].model or DEFAULT_MODEL
-    check_model_name(chosen)
-    err.write(f"loading model {chosen} ({opts.dtype})…\n")
-    model = load_model(chosen, dtype=opts.dtype)
+    target: bool | str = (opts.host or True) if opts.remote or opts.host else False
+    # remote, or rebuilt from the store: nothing runs here, so the weights are not read
+    model = options_model(opts, specs[0], err, lazy=bool(target) or opts.from_store)
     inputs = _inputs(opts, read, model.tokenizer)
     info = inputs.describe()
     err.write(
@@ -271,7 +292,6 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
     if opts.from_store:
         comparison = _from_store(opts, specs, model, inputs)
     else:
-        target: bool | str = (opts.host or True) if opts.remote or opts.host else False
 
         def on_warnings(warnings: Sequence[Diagnostic], texts: Mapping[str, str]) -> None:
             # the specs' warnings, once compiled: before any pass, so --strict stops there
@@ -385,6 +405,7 @@ def _record(opts: CompareOptions, comparison: Comparison) -> Comparison:
         settings={
             "inputs": comparison.inputs,
             "forward_passes": comparison.passes,
+            "sequences": comparison.sequences,
             "seconds": comparison.seconds,
             "prompts": list(comparison.prompts),
         },
@@ -440,6 +461,7 @@ def _from_store(opts: CompareOptions, specs: list[Spec], model: Any, inputs: Inp
         rows=tuple(rows),
         prompts=inputs.prompts,
         passes=dict(settings.get("forward_passes", {})),
+        sequences=dict(settings.get("sequences", {})),
         seconds=dict(settings.get("seconds", {})),
         run_id=",".join(runs),
         warnings=_warnings(rows, inputs.ab.path if inputs.ab is not None else None),
@@ -532,6 +554,7 @@ def runs_show(store_path: str | None, run_id: str, *, fmt: str, out: TextIO) -> 
         rows=rows,
         prompts=tuple(settings.get("prompts", ())),
         passes=dict(settings.get("forward_passes", {})),
+        sequences=dict(settings.get("sequences", {})),
         seconds=dict(settings.get("seconds", {})),
         run_id=record.id,
         warnings=_warnings(rows, ab_path),

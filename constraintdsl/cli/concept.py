@@ -138,7 +138,7 @@ def build(
     from constraintdsl.concepts.build import build_concept, cache_path, concept_cache_key
     from constraintdsl.concepts.extract import layer_table, recommended_layers
     from constraintdsl.concepts.pairs import load_pairs
-    from constraintdsl.models.loading import load_model
+    from constraintdsl.models.loading import load_lazy, load_model
 
     chosen = _parse_layers(layers)
     if output is not None:
@@ -150,7 +150,8 @@ def build(
 
         check_host(host)
     pair_set = load_pairs(pairs)
-    loaded = load_model(model, dtype=dtype.value)
+    # remote: the server holds the weights, so only the model's structure and tokenizer are read here
+    loaded = (load_lazy if remote or host else load_model)(model, dtype=dtype.value)
     key, _ = concept_cache_key(pair_set, loaded, layers=chosen, site=site.value, method=method.value)
     cached = not no_cache and cache_path(key).exists()
     artifact = build_concept(

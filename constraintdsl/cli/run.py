@@ -60,11 +60,17 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def _load_model(spec: Spec, name: str | None, dtype: str, err: TextIO) -> Any:
-    from constraintdsl.models.loading import DEFAULT_MODEL, check_model_name, load_model
+def load_spec_model(spec: Spec, name: str | None, dtype: str, err: TextIO, *, lazy: bool = False) -> Any:
+    """The model a command runs ``spec`` on (``name``, else the spec's ``model``, else the embedded one);
+    ``lazy``: its structure and tokenizer only, no weights (remote runs and ``explain``)."""
+    from constraintdsl.models.loading import DEFAULT_MODEL, check_model_name, load_lazy, load_model
 
     chosen = name or spec.model or DEFAULT_MODEL
     check_model_name(chosen)
+    if lazy:
+        err.write(f"reading model {chosen} ({dtype}) without its weights…\n")
+        err.flush()
+        return load_lazy(chosen, dtype=dtype)
     err.write(f"loading model {chosen} ({dtype})…\n")
     err.flush()
     return load_model(chosen, dtype=dtype)
@@ -77,6 +83,9 @@ def _compile(
     err: TextIO,
     progress: bool = True,
     variant: str | None = None,
+    *,
+    lazy: bool = False,
+    remote: bool | str = False,
 ) -> tuple[Plan, Any, str]:
     from constraintdsl.compiler.resolve import resolve
     from constraintdsl.lang.canonical import spec_hash
@@ -102,8 +111,8 @@ def _compile(
     from constraintdsl.compiler.preflight import check_files
 
     digest = spec_hash(spec, check_files(spec).hashes)  # every concept file and pair set, before the model
-    model = _load_model(spec, model_name, dtype, err)
-    return resolve(spec, model, progress=progress), model, digest
+    model = load_spec_model(spec, model_name, dtype, err, lazy=lazy)
+    return resolve(spec, model, progress=progress, remote=remote), model, digest
 
 
 def _warn(plan: Plan, err: TextIO, strict: bool) -> int:
@@ -125,12 +134,23 @@ def explain_spec(
     err: TextIO,
     variant: str | None = None,
     strict: bool = False,
+    remote: bool = False,
+    host: str | None = None,
 ) -> int:
     """``cdsl explain``: the resolved plan for a model, without running it (one ``variant`` of a sweep);
-    its warnings go to ``err`` (``strict``: they are errors, exit 1)."""
+    its warnings go to ``err`` (``strict``: they are errors, exit 1).
+
+    The model is read without its weights.  A ``from pairs`` concept that is not cached yet (or a
+    ``calibrated on`` one) needs forward passes: on NDIF with ``remote``/``host``, else here, loading the
+    weights for it."""
     from constraintdsl.compiler.explain import plan_summary
 
-    plan, _, digest = _compile(path, model_name, dtype, err, variant=variant)
+    target: bool | str = (host or True) if remote or host else False
+    if host is not None:
+        from constraintdsl.compiler.preflight import check_host
+
+        check_host(host)
+    plan, _, digest = _compile(path, model_name, dtype, err, variant=variant, lazy=True, remote=target)
     if _warn(plan, err, strict) != EXIT_OK:
         return EXIT_FAILED
     if fmt == "json":
@@ -178,8 +198,9 @@ def telemetry_table(rows: list[TelemetryRow]) -> str:
     return text_table(head, body)
 
 
-def _effects(plan: Plan, model: Any, base: Any, done: Any) -> list[Effect]:
-    """Readout shift of every calibrated concept the spec constrains, baseline → constrained (one pass)."""
+def _effects(plan: Plan, model: Any, base: Any, done: Any, remote: bool | str = False) -> list[Effect]:
+    """Readout shift of every calibrated concept the spec constrains, baseline → constrained (one pass,
+    on NDIF with ``remote``)."""
     import math
 
     import torch
@@ -191,7 +212,9 @@ def _effects(plan: Plan, model: Any, base: Any, done: Any) -> list[Effect]:
         return []
     ids = torch.cat([base.ids, done.ids])
     mask = torch.cat([base.attention_mask, done.attention_mask])
-    values = calibrated_readouts(model, [(art, layer) for _, art, layer in reads], ids, mask, base.prompt_width)
+    values = calibrated_readouts(
+        model, [(art, layer) for _, art, layer in reads], ids, mask, base.prompt_width, remote=remote
+    )
     rows = int(base.ids.shape[0])
     out: list[Effect] = []
     for (name, art, layer), both in zip(reads, values, strict=True):
@@ -265,7 +288,7 @@ def run_spec(
         from constraintdsl.compiler.preflight import check_host
 
         check_host(host)
-    plan, model, digest = _compile(path, model_name, dtype, err, variant=variant)
+    plan, model, digest = _compile(path, model_name, dtype, err, variant=variant, lazy=bool(target), remote=target)
     if _warn(plan, err, strict) != EXIT_OK:
         return EXIT_FAILED
     payloads = [None, plan.payload] if baseline else [plan.payload]
@@ -284,6 +307,7 @@ def run_spec(
                 "baseline": baseline,
                 "max_new_tokens": max_new_tokens,
                 "variant": variant,
+                "remote": target,
             },
         )
         out.write(job.job_id + "\n")
@@ -295,7 +319,7 @@ def run_spec(
         )
     except UserError as e:
         raise _with_statement(plan, e) from None
-    _report(path, plan, model, digest, prompts, max_new_tokens, results, baseline, fmt, out)
+    _report(path, plan, model, digest, prompts, max_new_tokens, results, baseline, fmt, out, remote=target)
     return EXIT_OK
 
 
@@ -310,6 +334,8 @@ def _report(
     baseline: bool,
     fmt: str,
     out: TextIO,
+    *,
+    remote: bool | str = False,
 ) -> None:
     from constraintdsl.compiler.telemetry import summarize
 
@@ -317,7 +343,7 @@ def _report(
     done = results[-1]
     assert done.telemetry is not None
     rows = summarize(plan.entries, done.telemetry)
-    effects = _effects(plan, model, base, done) if base is not None else []
+    effects = _effects(plan, model, base, done, remote) if base is not None else []
     if fmt == "json":
         report = {
             "spec": path,
@@ -403,7 +429,10 @@ def fetch_job(job_id: str, *, wait: float, fmt: str, out: TextIO, err: TextIO) -
         raise UserError("ID", f"no job {job_id} was submitted from this machine", f"looked in {jobs_dir()}")
     record = json.loads(record_path.read_text())
     job = runner.RemoteJob.from_dict(record["job"])
-    plan, model, digest = _compile(record["spec"], record["model"], record["dtype"], err, variant=record.get("variant"))
+    target: bool | str = record.get("remote", True)  # jobs recorded before the host was kept: the configured one
+    plan, model, digest = _compile(
+        record["spec"], record["model"], record["dtype"], err, variant=record.get("variant"), lazy=True, remote=target
+    )
     try:
         results = runner.fetch(model, job, wait=wait, progress=_progress(err))
     except UserError as e:
@@ -422,6 +451,7 @@ def fetch_job(job_id: str, *, wait: float, fmt: str, out: TextIO, err: TextIO) -
         record["baseline"],
         fmt,
         out,
+        remote=target,
     )
     return EXIT_OK
 
@@ -438,9 +468,14 @@ def _explain_cmd(
     format: FormatOpt = OutputFormat.text,
     variant: VariantOpt = None,
     strict: StrictOpt = False,
+    remote: Annotated[
+        bool,
+        typer.Option("--remote", help="extract concepts that need it on NDIF (the model's weights are never read)"),
+    ] = False,
+    host: Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")] = None,
 ) -> None:
     """Print the resolved plan (layers, raw and calibrated values per layer, positions, gates) and its
-    warnings, without running the model."""
+    warnings, without running the model (read without its weights)."""
     raise typer.Exit(
         explain_spec(
             spec,
@@ -451,6 +486,8 @@ def _explain_cmd(
             err=sys.stderr,
             variant=variant,
             strict=strict,
+            remote=remote,
+            host=host,
         )
     )
 

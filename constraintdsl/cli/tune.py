@@ -36,6 +36,7 @@ from .compare import (
     _inputs,
     _open_store,
     _preflight,
+    options_model,
     with_spec_data,
 )
 
@@ -109,7 +110,6 @@ def tune_command(
     """``cdsl tune``: exit 0 with the chosen spec when a point meets every budget and target, 1 when none does."""
     from constraintdsl.compare.tune import MAX_ROUNDS, check_tunable, tune
     from constraintdsl.lang.loading import load
-    from constraintdsl.models.loading import DEFAULT_MODEL, check_model_name, load_model
     from constraintdsl.tables import text_table
 
     (path,) = opts.specs
@@ -123,10 +123,8 @@ def tune_command(
         _check_plot(plot)
     if not 1 <= max_rounds <= 4 * MAX_ROUNDS:
         raise UserError("--max-rounds", f"{max_rounds} rounds is out of range", f"give 1 to {4 * MAX_ROUNDS}")
-    chosen = opts.model or spec.model or DEFAULT_MODEL
-    check_model_name(chosen)
-    err.write(f"loading model {chosen} ({opts.dtype})…\n")
-    model = load_model(chosen, dtype=opts.dtype)
+    target: bool | str = (opts.host or True) if opts.remote or opts.host else False
+    model = options_model(opts, spec, err, lazy=bool(target))
     inputs = _inputs(opts, read, model.tokenizer)
     rows: list[list[str]] = []
     head: list[str] = []
@@ -140,7 +138,6 @@ def tune_command(
         if opts.fmt == "text":
             err.write(f"round {number}: {len(points)} point(s) evaluated\n")
 
-    target: bool | str = (opts.host or True) if opts.remote or opts.host else False
     result = tune(
         model,
         spec,

@@ -37,11 +37,15 @@ __all__ = [
     "AB_TOKEN_BUDGET",
     "SATURATED",
     "SCORES",
+    "ABGroup",
     "ABRows",
+    "ab_groups",
     "ab_passes",
     "ab_rows",
     "ab_summary",
+    "answer_counts",
     "check_score",
+    "fill_answers",
     "item_probabilities",
     "plan_passes",
     "run_ab",
@@ -180,26 +184,74 @@ def run_ab(
     number of passes (one request each, remote) and their wall time."""
     from .passes import score_answers
 
+    groups = ab_groups(model, ab, len(payloads), logit_budget=logit_budget, token_budget=token_budget)
+    sums = [torch.zeros(2 * len(ab.items), dtype=torch.float64) for _ in payloads]
+    seconds = 0.0
+    for group in groups:
+        if tick is not None:
+            tick(f"A/B items {group.items[0] + 1}-{group.items[-1] + 1} of {len(ab.items)}")
+        started = time.perf_counter()
+        scores, _ = score_answers(
+            model,
+            payloads,
+            group.ids,
+            group.mask,
+            group.answer,
+            group.prompt_len,
+            keep=group.keep,
+            telemetry=False,
+            remote=remote,
+        )
+        seconds += time.perf_counter() - started
+        fill_answers(sums, group, [score.logprob for score in scores])
+    return sums, answer_counts(model, ab), len(groups), seconds
+
+
+@dataclass(frozen=True)
+class ABGroup:
+    """One A/B pass: its items, their rows (item i: a at 2i, b at 2i + 1) as left-padded tensors, the
+    answer mask, each row's prompt length, and how many last positions keep their logits."""
+
+    items: list[int]
+    rows: list[int]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    answer: torch.Tensor
+    prompt_len: torch.Tensor
+    keep: int
+
+
+def ab_groups(
+    model: Any,
+    ab: ABSet,
+    payloads: int,
+    *,
+    logit_budget: int = AB_LOGIT_BUDGET,
+    token_budget: int = AB_TOKEN_BUDGET,
+) -> list[ABGroup]:
+    """The passes :func:`run_ab` makes for ``ab`` with ``payloads`` arms (see :func:`plan_passes`)."""
     rows = ab_rows(model.tokenizer, ab)
     tok = model.tokenizer
     pad = int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
-    groups = plan_passes(rows, len(payloads), _vocab(model), logit_budget=logit_budget, token_budget=token_budget)
-    sums = [torch.zeros(len(rows), dtype=torch.float64) for _ in payloads]
-    seconds = 0.0
-    for items in groups:
-        if tick is not None:
-            tick(f"A/B items {items[0] + 1}-{items[-1] + 1} of {len(ab.items)}")
+    groups = []
+    for items in plan_passes(rows, payloads, _vocab(model), logit_budget=logit_budget, token_budget=token_budget):
         which = [r for i in items for r in (2 * i, 2 * i + 1)]
         ids, mask, answer, plen = _tensors(rows, which, pad)
         keep = max(rows.scored[r] for r in which) + 1
-        started = time.perf_counter()
-        scores, _ = score_answers(model, payloads, ids, mask, answer, plen, keep=keep, telemetry=False, remote=remote)
-        seconds += time.perf_counter() - started
-        index = torch.tensor(which)
-        for total, score in zip(sums, scores, strict=True):
-            total[index] = score.logprob.to(torch.float64)
-    counts = torch.tensor(rows.scored, dtype=torch.float64)
-    return sums, counts, len(groups), seconds
+        groups.append(ABGroup(items, which, ids, mask, answer, plen, keep))
+    return groups
+
+
+def fill_answers(sums: Sequence[torch.Tensor], group: ABGroup, logprobs: Sequence[torch.Tensor]) -> None:
+    """Write one pass's per-row log-probabilities (one ``[rows]`` tensor per payload) into ``sums``."""
+    index = torch.tensor(group.rows)
+    for total, lp in zip(sums, logprobs, strict=True):
+        total[index] = lp.to(torch.float64)
+
+
+def answer_counts(model: Any, ab: ABSet) -> torch.Tensor:
+    """The scored-token count of every reply, ``[2 · items]`` float64 (a at even rows)."""
+    return torch.tensor(ab_rows(model.tokenizer, ab).scored, dtype=torch.float64)
 
 
 def item_probabilities(logprob: torch.Tensor, counts: torch.Tensor, match_a: torch.Tensor, score: str) -> torch.Tensor:

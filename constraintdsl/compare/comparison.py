@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Arm",
+    "Baseline",
     "Comparison",
     "Inputs",
     "Row",
@@ -217,6 +218,10 @@ class Comparison:
     seconds: dict[str, float]
     run_id: str | None = None
     warnings: tuple[Diagnostic, ...] = ()  # about the specs (and inputs), severity "warning"
+    # the forward work per kind of pass: input sequences times the arms each went through (a batched pass
+    # over k arms and n sequences counts k·n), so comparisons of different sizes can be set side by side
+    sequences: dict[str, int] = field(default_factory=dict)
+    requests: int = 0  # NDIF requests it took (0: run here)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (the ``--json`` output); warnings are ``diagnostics`` with ``"severity": "warning"``."""
@@ -227,6 +232,8 @@ class Comparison:
             "inputs": self.inputs,
             "prompts": list(self.prompts),
             "forward_passes": self.passes,
+            "sequences": self.sequences,
+            "requests": self.requests,
             "seconds": self.seconds,
             "run_id": self.run_id,
             "rows": [r.to_dict() for r in self.rows],
@@ -286,11 +293,12 @@ def build_arms(
     marginal: bool = True,
     progress: Progress | None = None,
     concepts: Mapping[str, Any] | None = None,
+    remote: bool | str = False,
 ) -> tuple[list[Arm], dict[tuple[int, int], int]]:
     """The baseline, every variant of every spec (:func:`spec_arms`, compiled for ``model``; ``concepts``
     as in :func:`~constraintdsl.compiler.resolve`) and, with ``marginal``, every leave-one-out spec.
     Returns the arms (``arms[0]`` the baseline) and ``drops``: (main arm, statement index) → the arm
-    without that statement."""
+    without that statement.  ``remote``: concepts that need forward passes to compile run them on NDIF."""
     from constraintdsl.compiler.resolve import resolve
 
     arms = [Arm(label="baseline", key="baseline")]
@@ -300,7 +308,7 @@ def build_arms(
         assert arm.spec is not None
         if progress:
             progress(f"compiling {arm.label}")
-        arms.append(replace(arm, plan=resolve(arm.spec, model, progress=False, concepts=concepts)))
+        arms.append(replace(arm, plan=resolve(arm.spec, model, progress=False, concepts=concepts, remote=remote)))
         main.append(len(arms) - 1)
         index.setdefault(arm.key, len(arms) - 1)
     drops: dict[tuple[int, int], int] = {}
@@ -312,7 +320,7 @@ def build_arms(
                 rest = _without(full, i)
                 key = _key(rest, concepts) if rest.constraints else "baseline"
                 if key not in index:
-                    plan = resolve(rest, model, progress=False, concepts=concepts)
+                    plan = resolve(rest, model, progress=False, concepts=concepts, remote=remote)
                     arms.append(Arm(f"{arms[a].label} without #{i + 1}", key, rest, plan, arms[a].source, main=False))
                     index[key] = len(arms) - 1
                 drops[(a, i)] = index[key]
@@ -346,6 +354,21 @@ def _add(total: list[Any] | None, part: Sequence[Any]) -> list[Any]:
 class _Sums:
     corpus: torch.Tensor | None = None
     hidden: list[torch.Tensor] | None = None
+
+
+@dataclass
+class Baseline:
+    """The unconstrained baseline's A/B log-probabilities, kept by :func:`compare` for later comparisons on the
+    same model and inputs (``cdsl tune`` compares round after round against one baseline).
+
+    Empty until a comparison fills it; a comparison whose model or inputs differ from those it was filled
+    for scores the baseline again and refills it.  Only the A/B scores are kept: each arm's are its own,
+    while the corpus pass takes KL against the baseline's logits in the same pass, and generation and
+    readout share one batch."""
+
+    key: tuple[str, str, str] | None = None  # model id, revision, inputs digest
+    ab: torch.Tensor | None = None
+    ab_counts: torch.Tensor | None = None
 
 
 def _windows_per_pass(model: Any, arms: int, width: int) -> int:
@@ -382,10 +405,15 @@ def _corpus(
         )
         passes += 1
         seconds += took
-        for s, score in zip(sums, scores, strict=True):
-            s.corpus = score.sums.clone() if s.corpus is None else s.corpus + score.sums
-            s.hidden = _add(s.hidden, score.hidden)
+        _accumulate(sums, scores)
     return sums, passes, seconds
+
+
+def _accumulate(sums: Sequence[_Sums], scores: Sequence[Any]) -> None:
+    """Add one corpus pass's scores (one per run arm) into the running sums."""
+    for s, score in zip(sums, scores, strict=True):
+        s.corpus = score.sums.clone() if s.corpus is None else s.corpus + score.sums
+        s.hidden = _add(s.hidden, score.hidden)
 
 
 def _statement_load(plan: Plan, tele: torch.Tensor | None) -> list[dict[str, Any]]:
@@ -424,23 +452,35 @@ def _statement_load(plan: Plan, tele: torch.Tensor | None) -> list[dict[str, Any
     return out
 
 
+def _reads(arms: Sequence[Arm], main: Sequence[int]) -> list[tuple[str, Any, int]]:
+    """(label, artifact, layer) of every calibrated concept the main arms constrain (read on their text)."""
+    from constraintdsl.run.readout import concept_reads
+
+    return concept_reads([plan for plan in (arms[a].plan for a in main) if plan is not None])
+
+
 def _effects(
     model: Any, arms: Sequence[Arm], main: Sequence[int], gens: Sequence[Any], remote: bool | str
 ) -> tuple[dict[int, dict[str, dict[str, Any]]], int]:
     """Per main arm: concept → readout (calibrated, mean over prompts) and its shift from the baseline's."""
-    from constraintdsl.run.readout import calibrated_readouts, concept_reads
+    from constraintdsl.run.readout import calibrated_readouts
 
-    reads = concept_reads([plan for plan in (arms[a].plan for a in main) if plan is not None])
-    order = [0, *main]
-    out: dict[int, dict[str, dict[str, Any]]] = {a: {} for a in order}
+    reads = _reads(arms, main)
     if not reads:
-        return out, 0
+        return _effect_rows(reads, [], [0, *main], 0), 0
     ids = torch.cat([g.ids for g in gens])
     mask = torch.cat([g.attention_mask for g in gens])
     values = calibrated_readouts(
         model, [(art, layer) for _, art, layer in reads], ids, mask, gens[0].prompt_width, remote=remote
     )
-    per = int(gens[0].ids.shape[0])
+    return _effect_rows(reads, values, [0, *main], int(gens[0].ids.shape[0])), 1
+
+
+def _effect_rows(
+    reads: Sequence[tuple[str, Any, int]], values: Sequence[torch.Tensor], order: Sequence[int], per: int
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Per arm of ``order`` (``per`` rows each in ``values``): concept → mean readout and shift from the first's."""
+    out: dict[int, dict[str, dict[str, Any]]] = {a: {} for a in order}
     for (label, _, layer), calibrated in zip(reads, values, strict=True):
         base = None
         for k, a in enumerate(order):
@@ -455,7 +495,7 @@ def _effects(
                 "shift": mean - base,
                 "prompts": int(ok.sum()),
             }
-    return out, 1
+    return out
 
 
 def compare(
@@ -469,6 +509,8 @@ def compare(
     concepts: Mapping[str, Any] | None = None,
     on_warnings: Callable[[Sequence[Diagnostic], Mapping[str, str]], None] | None = None,
     ab_score: str | None = None,
+    baseline: Baseline | None = None,
+    request_tokens: int | None = None,
 ) -> Comparison:
     """Run the baseline and every spec/variant on ``inputs``, batched; see the module docstring.
 
@@ -477,68 +519,141 @@ def compare(
     specs are compiled, before any pass, with their warnings (merged over each spec's variants) and the
     texts to render them with; it may raise to stop the comparison there.  ``ab_score`` (``"mean"`` or
     ``"sum"``; default ``inputs.ab_score``, itself ``"mean"``) is how A/B answers are scored
-    (:mod:`constraintdsl.compare.ab_pass`)."""
+    (:mod:`constraintdsl.compare.ab_pass`).  ``baseline``: the baseline's A/B scores are taken from it when it
+    was filled for this model and these inputs (not scored again), else kept in it.
+
+    Remote (``remote``), every pass goes in ONE request (:mod:`constraintdsl.compare.session`) while the
+    estimated work is within ``request_tokens`` (default :data:`~constraintdsl.compare.session.REQUEST_TOKENS`;
+    0: always pass by pass), else one request per pass."""
     from constraintdsl.models.loading import model_identity
     from constraintdsl.run.runner import generate_variants
 
     from . import metrics
-    from .ab_pass import ab_passes, ab_summary, check_score, item_probabilities, run_ab, saturation_warning
+    from .ab_pass import (
+        ab_passes,
+        ab_summary,
+        answer_counts,
+        check_score,
+        item_probabilities,
+        run_ab,
+        saturation_warning,
+    )
 
     if ab_score is not None:
         inputs = replace(inputs, ab_score=ab_score)
     check_score(inputs.ab_score)
     report = progress or (lambda message, done=0, total=0: None)
     started = time.perf_counter()
-    arms, drops = build_arms(model, specs, marginal=marginal, progress=report, concepts=concepts)
+    arms, drops = build_arms(model, specs, marginal=marginal, progress=report, concepts=concepts, remote=remote)
     main = [i for i, a in enumerate(arms) if a.main and a.spec is not None]
     warnings, sources = spec_warnings(arms, main)
     if on_warnings is not None and warnings:
         on_warnings(warnings, sources)
     runs, of = _unique(arms)
+    ident = model_identity(model)
+    key = (ident.id, ident.revision, inputs.digest())
+    kept = baseline if baseline is not None and baseline.key == key and baseline.ab is not None else None
     seconds: dict[str, float] = {}
     passes: dict[str, int] = {}
     n_windows, width = (int(x) for x in inputs.corpus.shape)
     n_corpus = -(-n_windows // _windows_per_pass(model, len(runs), width))
-    n_ab = ab_passes(model, inputs.ab, len(main) + 1) if inputs.ab is not None else 0
+    ab_arms = [*main] if kept is not None else [0, *main]
+    n_ab = ab_passes(model, inputs.ab, len(ab_arms)) if inputs.ab is not None and ab_arms else 0
     total = n_corpus + n_ab + 2
     done = [0]
 
     def tick(message: str, at: int = 0) -> None:
         report(message, at, total)
 
-    sums, passes["corpus"], seconds["corpus"] = _corpus(model, arms, runs, inputs, remote, tick)
-    done[0] = n_corpus
-
     ab_lp: list[torch.Tensor] | None = None
     ab_counts: torch.Tensor | None = None
-    if inputs.ab is not None:
+    shown = _payloads(arms, [0, *main])
+    work = None
+    if remote:
+        from .session import REQUEST_TOKENS, plan_session
 
-        def ab_tick(message: str) -> None:
-            tick(message, done[0])
-            done[0] += 1
-
-        ab_lp, ab_counts, passes["ab"], seconds["ab"] = run_ab(
-            model, _payloads(arms, [0, *main]), inputs.ab, remote=remote, tick=ab_tick
+        budget = REQUEST_TOKENS if request_tokens is None else request_tokens
+        work = plan_session(
+            model,
+            corpus_payloads=_payloads(arms, runs),
+            corpus=inputs.corpus,
+            windows_per_pass=_windows_per_pass(model, len(runs), width),
+            prompt_tokens=inputs.prompt_tokens,
+            ab=inputs.ab,
+            ab_payloads=_payloads(arms, ab_arms),
+            shown_payloads=shown,
+            prompts=inputs.prompts,
+            max_new_tokens=inputs.max_new_tokens,
+            reads=[(art, layer) for _, art, layer in _reads(arms, main)],
         )
+        if work.tokens > budget:
+            report(
+                f"the comparison's work ({work.tokens:,} tokens) exceeds one request's budget ({budget:,}): "
+                "sending it pass by pass",
+                0,
+                total,
+            )
+            work = None
+    if work is not None:
+        from .session import run_session
 
-    tick(
-        f"generating {inputs.max_new_tokens} tokens for {len(inputs.prompts)} prompt(s) × {len(main) + 1} arms",
-        total - 2,
-    )
-    gens = generate_variants(
-        model,
-        _payloads(arms, [0, *main]),
-        list(inputs.prompts),
-        max_new_tokens=inputs.max_new_tokens,
-        remote=remote,
-    )
-    seconds["generate"] = gens[0].seconds
-    passes["generate"] = 1
+        report(f"sending every pass ({sum(work.passes.values())}) as one request", 0, total)
+        got = run_session(model, work, remote, progress=lambda line: report(line, 0, total))
+        passes.update(work.passes)
+        seconds["request"] = got.seconds
+        sums = [_Sums() for _ in runs]
+        for scores in got.corpus:
+            _accumulate(sums, scores)
+        if inputs.ab is not None:
+            ab_lp, ab_counts = got.ab, answer_counts(model, inputs.ab)
+        gens = got.generations
+        reads = _reads(arms, main)
+        effects = _effect_rows(reads, got.readouts, [0, *main], len(inputs.prompts))
+        requests = 1
+    else:
+        sums, passes["corpus"], seconds["corpus"] = _corpus(model, arms, runs, inputs, remote, tick)
+        done[0] = n_corpus
 
-    tick("reading concepts on the generated text", total - 1)
-    t0 = time.perf_counter()
-    effects, passes["readout"] = _effects(model, arms, main, gens, remote)
-    seconds["readout"] = time.perf_counter() - t0
+        if inputs.ab is not None:
+
+            def ab_tick(message: str) -> None:
+                tick(message, done[0])
+                done[0] += 1
+
+            if ab_arms:
+                ab_lp, ab_counts, passes["ab"], seconds["ab"] = run_ab(
+                    model, _payloads(arms, ab_arms), inputs.ab, remote=remote, tick=ab_tick
+                )
+
+        tick(
+            f"generating {inputs.max_new_tokens} tokens for {len(inputs.prompts)} prompt(s) × {len(main) + 1} arms",
+            total - 2,
+        )
+        gens = generate_variants(
+            model,
+            shown,
+            list(inputs.prompts),
+            max_new_tokens=inputs.max_new_tokens,
+            remote=remote,
+        )
+        seconds["generate"] = gens[0].seconds
+        passes["generate"] = 1
+
+        tick("reading concepts on the generated text", total - 1)
+        t0 = time.perf_counter()
+        effects, passes["readout"] = _effects(model, arms, main, gens, remote)
+        seconds["readout"] = time.perf_counter() - t0
+        requests = sum(passes.values()) if remote else 0
+    if inputs.ab is not None:
+        if not ab_arms:
+            assert kept is not None and kept.ab_counts is not None
+            ab_lp, ab_counts, passes["ab"] = [], kept.ab_counts, 0
+        assert ab_lp is not None
+        if kept is not None:
+            assert kept.ab is not None
+            ab_lp = [kept.ab, *ab_lp]
+        elif baseline is not None:
+            baseline.key, baseline.ab, baseline.ab_counts = key, ab_lp[0], ab_counts
 
     base = sums[of[0]]
     assert base.corpus is not None and base.hidden is not None
@@ -595,6 +710,11 @@ def compare(
         rows.append(row)
     report("done", total, total)
     seconds["total"] = time.perf_counter() - started
+    arms_shown = len(main) + 1
+    sequences = {"corpus": len(runs) * n_windows, "generate": arms_shown * len(inputs.prompts)}
+    if inputs.ab is not None:
+        sequences["ab"] = len(ab_arms) * 2 * len(inputs.ab.items)
+    sequences["readout"] = arms_shown * len(inputs.prompts) if passes["readout"] else 0
     ident = model_identity(model)
     warning = saturation_warning(rows[0].ab, inputs.ab.path) if inputs.ab is not None else None
     return Comparison(
@@ -607,6 +727,8 @@ def compare(
         passes=passes,
         seconds=seconds,
         warnings=tuple(warnings) + ((warning,) if warning is not None else ()),
+        sequences=sequences,
+        requests=requests,
     )
 
 

@@ -26,7 +26,17 @@ from constraintdsl.models.sites import unembed_path
 from constraintdsl.run.runner import run_states
 from constraintdsl.runtime import interventions, scoring
 
-__all__ = ["AnswerScore", "CorpusScore", "score_answers", "score_corpus"]
+__all__ = [
+    "AnswerScore",
+    "CorpusScore",
+    "PassWork",
+    "answer_scores",
+    "answers_work",
+    "corpus_scores",
+    "corpus_work",
+    "score_answers",
+    "score_corpus",
+]
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,63 @@ def _prompt_lengths(prompt_len: int | torch.Tensor, rows: int) -> torch.Tensor:
     return prompt_len.to(torch.long)
 
 
+@dataclass(frozen=True)
+class PassWork:
+    """What one scoring pass's trace takes, prepared on the client: inputs on the model's device, a fresh
+    runtime state and whether telemetry is kept per payload, the output embedding's path (None: not cut),
+    and for an answer pass the answer mask and how many last positions keep their logits."""
+
+    enc: dict[str, torch.Tensor]
+    states: list[dict[str, Any]]
+    records: list[bool]
+    head: str | None
+    answer: torch.Tensor | None = None
+    keep: int = 0
+
+
+def corpus_work(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    prompt_len: int | torch.Tensor = 0,
+    telemetry: bool = True,
+) -> PassWork:
+    """The inputs of :func:`score_corpus`'s trace (see there)."""
+    _check(payloads, ids, mask)
+    records, states = _states(model, payloads, telemetry, _prompt_lengths(prompt_len, int(ids.shape[0])))
+    enc = on_device(model, {"input_ids": ids, "attention_mask": mask})
+    return PassWork(enc=enc, states=states, records=records, head=unembed_path(model))
+
+
+def answers_work(
+    model: Any,
+    payloads: Sequence[dict[str, Any] | None],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    answer_mask: torch.Tensor,
+    prompt_len: torch.Tensor,
+    *,
+    keep: int | None = None,
+    telemetry: bool = True,
+) -> PassWork:
+    """The inputs of :func:`score_answers`'s trace (see there)."""
+    _check(payloads, ids, mask)
+    width = int(ids.shape[1])
+    if keep is not None:
+        if not 2 <= keep <= width:
+            raise ValueError(f"keep must be between 2 and the row width {width}, got {keep}")
+        if bool((answer_mask[:, : width - keep + 1] != 0).any()):
+            raise ValueError(f"an answer starts before the last {keep - 1} positions; raise keep")
+    records, states = _states(model, payloads, telemetry, prompt_len)
+    cut = width - (keep or width)
+    enc = on_device(model, {"input_ids": ids, "attention_mask": mask, "answer": answer_mask[:, cut:]})
+    answer = enc.pop("answer")
+    head = unembed_path(model) if keep is not None else None
+    return PassWork(enc=enc, states=states, records=records, head=head, answer=answer, keep=keep or width)
+
+
 def score_corpus(
     model: Any,
     payloads: Sequence[dict[str, Any] | None],
@@ -93,16 +160,19 @@ def score_corpus(
 
     Returns one :class:`CorpusScore` per payload and the wall time of the pass.
     """
-    _check(payloads, ids, mask)
-    records, states = _states(model, payloads, telemetry, _prompt_lengths(prompt_len, int(ids.shape[0])))
-    head = unembed_path(model)
+    work = corpus_work(model, payloads, ids, mask, prompt_len=prompt_len, telemetry=telemetry)
     backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
     started = time.perf_counter()
-    enc = on_device(model, {"input_ids": ids, "attention_mask": mask})
-    outs = _run_corpus(model, enc, list(payloads), states, head, backend)
+    assert work.head is not None
+    outs = _run_corpus(model, work.enc, list(payloads), work.states, work.head, backend)
     seconds = time.perf_counter() - started
     if outs is None:
         raise RuntimeError("the corpus pass returned no result")
+    return corpus_scores(outs, work.records), seconds
+
+
+def corpus_scores(outs: Sequence[Any], records: Sequence[bool]) -> list[CorpusScore]:
+    """A corpus pass's raw results (one ``[sums, hidden, telemetry]`` per payload) as scores on the CPU."""
     scores = []
     for (sums, hidden, tele), record in zip(outs, records, strict=True):
         n, s, ss = (t.detach().cpu() for t in hidden)
@@ -113,7 +183,7 @@ def score_corpus(
                 telemetry=tele.detach().cpu() if record and tele is not None else None,
             )
         )
-    return scores, seconds
+    return scores
 
 
 def _run_corpus(
@@ -170,28 +240,23 @@ def score_answers(
     trace), so the pass holds ``keep`` rather than ``T`` positions of logits per row.  Every answer must lie
     in the last ``keep - 1`` positions (left-padded rows whose answers end them: ``keep`` = the longest
     answer + 1)."""
-    _check(payloads, ids, mask)
-    width = int(ids.shape[1])
-    if keep is not None:
-        if not 2 <= keep <= width:
-            raise ValueError(f"keep must be between 2 and the row width {width}, got {keep}")
-        if bool((answer_mask[:, : width - keep + 1] != 0).any()):
-            raise ValueError(f"an answer starts before the last {keep - 1} positions; raise keep")
-    records, states = _states(model, payloads, telemetry, prompt_len)
-    head = unembed_path(model) if keep is not None else None
+    work = answers_work(model, payloads, ids, mask, answer_mask, prompt_len, keep=keep, telemetry=telemetry)
     backend = run_backend(model, payloads, remote, timeout=timeout, progress=progress, given=backend)
     started = time.perf_counter()
-    cut = width - (keep or width)
-    enc = on_device(model, {"input_ids": ids, "attention_mask": mask, "answer": answer_mask[:, cut:]})
-    answer = enc.pop("answer")
-    outs = _run_answers(model, enc, answer, list(payloads), states, head, keep or width, backend)
+    assert work.answer is not None
+    outs = _run_answers(model, work.enc, work.answer, list(payloads), work.states, work.head, work.keep, backend)
     seconds = time.perf_counter() - started
     if outs is None:
         raise RuntimeError("the answer pass returned no result")
+    return answer_scores(outs, work.records), seconds
+
+
+def answer_scores(outs: Sequence[Any], records: Sequence[bool]) -> list[AnswerScore]:
+    """An answer pass's raw results (one ``[logprob, telemetry]`` per payload) as scores on the CPU."""
     return [
         AnswerScore(logprob=lp.detach().cpu(), telemetry=tele.detach().cpu() if record and tele is not None else None)
         for (lp, tele), record in zip(outs, records, strict=True)
-    ], seconds
+    ]
 
 
 def _run_answers(

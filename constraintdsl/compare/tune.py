@@ -12,11 +12,13 @@ The goal (:func:`tune`'s ``goal``):
 A point *meets both* when every budget and target holds there; the answer is the best point that meets both
 (or, when none does, the best point found, reported as such, never as a solution).
 
-Every round evaluates a batch of candidate variants as arms of one :func:`~constraintdsl.compare.comparison.compare`
-(shared forward passes).  One let: a coarse grid over the whole range first (nothing assumes a monotone response),
-then each round places new points evenly inside the interval between the best point's two evaluated neighbours
-(only towards the neighbour that breaks a constraint when the best point sits at such a frontier), so the
-frontier or an interior optimum is bracketed ever more tightly, until the bracket is narrower than the tolerance.
+Every round evaluates a batch of candidate variants as arms of one
+:func:`~constraintdsl.compare.comparison.compare` (shared forward passes; the baseline's A/B scores are kept from the
+first round). One let: a coarse grid over the whole range first (nothing assumes a monotone
+response), then each round places new points evenly inside the interval between the best point's two evaluated
+neighbours (only towards the neighbour that breaks a constraint when the best point sits at such a frontier), so
+the frontier or an interior optimum is bracketed ever more tightly, until the bracket is narrower than the
+tolerance.
 Several lets: a coarse grid (3 points per let), then a pattern search: each round tries a step up and down along
 every let from the best point, and halves the steps when none is better.
 """
@@ -92,6 +94,7 @@ class TuneResult:
     forward_passes: int
     tolerance: dict[str, float]
     message: str
+    sequences: int = 0  # forward work: input sequences times the arms each went through, over every round
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (``--json``)."""
@@ -103,6 +106,7 @@ class TuneResult:
             "spec": self.spec.to_dsl() if self.spec is not None else None,
             "rounds": self.rounds,
             "forward_passes": self.forward_passes,
+            "sequences": self.sequences,
             "tolerance": self.tolerance,
             "message": self.message,
             "points": [p.to_dict() for p in self.points],
@@ -211,7 +215,7 @@ def tune(
     """
     from constraintdsl.lang.variants import bind
 
-    from .comparison import compare
+    from .comparison import Baseline, compare
 
     lets = _check_spec(spec)
     chosen_goal = _goal(spec, goal)
@@ -232,7 +236,8 @@ def tune(
     names = list(ranges)
     points: list[Point] = []
     seen: dict[tuple[float, ...], Point] = {}
-    passes = 0
+    passes = sequences = 0
+    kept = Baseline()  # the baseline's A/B scores: computed once, in the first round
     budgets = [c for c in spec.checks if isinstance(c, Budget)]
     targets = [c for c in spec.checks if isinstance(c, Target)]
 
@@ -257,7 +262,7 @@ def tune(
         return [(c, r) for c, r in pairs if isinstance(c, Budget)]
 
     def run_round(candidates: list[tuple[float, ...]], number: int) -> list[Point]:
-        nonlocal passes
+        nonlocal passes, sequences
         fresh = []
         for xs in candidates:
             xs = tuple(
@@ -269,9 +274,17 @@ def tune(
             return []
         concrete = [bind(spec, {n: Value(x, units[n].unit) for n, x in zip(names, xs, strict=True)}) for xs in fresh]
         comparison = compare(
-            model, concrete, inputs, marginal=False, remote=remote, progress=progress, concepts=concepts
+            model,
+            concrete,
+            inputs,
+            marginal=False,
+            remote=remote,
+            progress=progress,
+            concepts=concepts,
+            baseline=kept,
         )
         passes += sum(comparison.passes.values())
+        sequences += sum(comparison.sequences.values())
         out = []
         for xs, row in zip(fresh, comparison.rows[1:], strict=True):
             results = evaluate(spec.checks, row)
@@ -353,6 +366,7 @@ def tune(
         spec=chosen,
         rounds=number + 1,
         forward_passes=passes,
+        sequences=sequences,
         tolerance=tol,
         message=_message(spec, chosen_goal, top, found),
     )

@@ -99,8 +99,10 @@ class _Resolver:
         base: Path,
         given: Mapping[str, ConceptArtifact],
         progress: bool,
+        remote: bool | str = False,
     ) -> None:
         self.spec = spec
+        self.remote = remote
         self.model = model
         self.identity = identity
         self.base = base
@@ -141,6 +143,7 @@ class _Resolver:
                             self.model,
                             span=concept.calibrated_span,
                             progress=self.progress,
+                            remote=self.remote,
                         )
                 else:
                     art = build_concept(
@@ -150,6 +153,7 @@ class _Resolver:
                         method=concept.method,
                         span=concept.path_span,
                         progress=self.progress,
+                        remote=self.remote,
                     )
             except SpecError as e:
                 self.diags.extend(e.diagnostics)
@@ -265,6 +269,7 @@ def resolve(
     base_dir: str | Path | None = None,
     progress: bool = True,
     identity: ModelIdentity | None = None,
+    remote: bool | str = False,
 ) -> Plan:
     """Resolve ``spec`` for ``model`` into a :class:`Plan`, or raise :class:`SpecError` with every problem.
 
@@ -272,7 +277,9 @@ def resolve(
     pairs``); ``concepts`` supplies artifacts by name instead (useful in tests and notebooks).
     ``base_dir`` is where relative concept paths start (default: the spec file's folder).
     ``identity`` stands in for the model's own when ``model`` is only its config (no weights: then
-    every concept must be given, and the activation dtype is taken to be float32).
+    every concept must be given, and the activation dtype is taken to be float32).  ``remote``: concepts that
+    need forward passes (``from pairs`` not yet cached, ``calibrated on``) run them on that NDIF server, so a
+    model built without weights (:func:`~constraintdsl.models.loading.load_lazy`) never loads them.
 
     Amounts are judged per statement (:mod:`constraintdsl.amounts`): those no dtype can carry or beyond
     1,000 pole distances are errors; the plan's ``warnings`` hold the legal ones that are likely not
@@ -287,7 +294,7 @@ def resolve(
     warnings: list[Diagnostic] = []
     n = identity.num_layers
     base = Path(base_dir) if base_dir is not None else Path(spec.path).parent
-    r = _Resolver(spec, model, identity, base, concepts or {}, progress)
+    r = _Resolver(spec, model, identity, base, concepts or {}, progress, remote)
 
     sites: dict[tuple[int, str], dict[str, Any]] = {}
     entries: list[Entry] = []

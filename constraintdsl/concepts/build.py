@@ -173,6 +173,8 @@ def calibrate_concept(
     batch_size: int = 16,
     progress: bool = True,
     span: Span | None = None,
+    remote: bool | str = False,
+    timeout: float | None = None,
 ) -> ConceptArtifact:
     """Calibrate an imported direction on a pair set, as extraction calibrates its own.
 
@@ -180,7 +182,8 @@ def calibrate_concept(
     (the calibrated unit), std, percentiles and held-out AUROC at each of the artifact's layers, read at the
     artifact's site.  Cached by content (the vector, the pair set, model id, revision and dtype, site, tool
     version).  A layer where the positive pole does not project above the negative one is an error: the
-    calibrated unit would point against the stored vector there.
+    calibrated unit would point against the stored vector there.  ``remote`` / ``timeout``: run the forward
+    passes on NDIF (see :func:`constraintdsl.concepts.extract`).
     """
     if artifact.layers is None:
         raise UserError(str(pairs_path), "a raw vector without layers cannot be calibrated; give it layers first")
@@ -212,6 +215,8 @@ def calibrate_concept(
         batch_size=batch_size,
         progress=progress,
         fixed=artifact.directions,
+        remote=remote,
+        timeout=timeout,
     )
     assert made.calibration is not None
     flipped = [artifact.layers[i] for i in np.flatnonzero(made.calibration.scale <= 0)]

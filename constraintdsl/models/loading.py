@@ -41,7 +41,9 @@ __all__ = [
     "check_model_name",
     "describe_model",
     "embedded_model_file",
+    "is_lazy",
     "load_hf",
+    "load_lazy",
     "load_model",
     "model_identity",
     "peek_identity",
@@ -491,11 +493,75 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32") -> 
     return TransformersModel(model, tokenizer=tokenizer)
 
 
+def load_lazy(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32") -> TransformersModel:
+    """The model's structure and tokenizer without its weights: an nnsight ``TransformersModel`` built on
+    the meta device from the config alone (no weight file is opened).
+
+    Enough to compile a spec (sites, layer count, hidden size, identity, dtype) and to run it on an NDIF
+    server, which holds the weights: what ``--remote`` runs and ``cdsl explain`` build.  A local trace on it
+    loads the weights first (nnsight dispatches it).  ``name_or_path`` as in :func:`load_hf`: the embedded
+    model names its converted folder (converting it once if needed), which only a server sharing this
+    disk hosts.
+    """
+    from nnsight import TransformersModel
+    from transformers import AutoTokenizer
+
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"a model name is a str, not {type(name_or_path).__name__}")
+    torch_dtype = _torch_dtype(dtype)
+    local_only = False
+    if name_or_path == DEFAULT_MODEL:
+        folder, revision = _embedded_folder()
+        source, model_id = str(folder), DEFAULT_MODEL
+    else:
+        local = _local_folder(name_or_path)
+        if local is not None:
+            arch_sites(_read_config(local))
+            source, model_id, revision = str(local), str(local), _local_revision(local)
+        else:
+            local_only = _check_loadable(name_or_path)
+            source, model_id, revision = name_or_path, name_or_path, _hub_revision(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            "--model",
+            f"cannot load the tokenizer of '{name_or_path}': {clip(str(exc).strip().splitlines()[0], 160)}",
+            "check that the model's tokenizer files are present or reachable",
+        ) from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # task given: nnsight would otherwise ask the hub for it (and fail for a folder, or offline)
+    model = TransformersModel(source, tokenizer=tokenizer, task="text-generation", dtype=torch_dtype)
+    model.__dict__[_IDENTITY_ATTR] = (model_id, revision)  # kept when nnsight swaps in the loaded module
+    module = hf_module(model)
+    if module is not None:
+        _IDENTITIES[module] = (model_id, revision)
+    return model
+
+
+def is_lazy(model: object) -> bool:
+    """Whether ``model`` has no weights here (built by :func:`load_lazy` and not loaded since)."""
+    module = hf_module(model)
+    if module is None:
+        return False
+    try:
+        return next(module.parameters()).device.type == "meta"
+    except StopIteration:
+        return False
+
+
+_IDENTITY_ATTR = "_constraintdsl_identity"
+
+
 def model_identity(model: object) -> ModelIdentity:
     """Id, revision, architecture and shape of a model (nnsight, raw HF, or a config)."""
     config = model_config(model)
     module = hf_module(model)
-    known = _IDENTITIES.get(module) if module is not None else None
+    known = getattr(model, "__dict__", {}).get(_IDENTITY_ATTR)
+    if known is None and module is not None:
+        known = _IDENTITIES.get(module)
     if known is not None:
         model_id, revision = known
     else:

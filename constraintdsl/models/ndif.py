@@ -8,6 +8,11 @@ what the runner needs on top: the request id, request and response sizes, a dead
 a callback instead of stdout, and every failure as a :class:`RemoteFailure` (a ``UserError``) that says
 what went wrong — connection refused, timeout, bad API key, model not hosted, or an exception on the
 server — and names the request.
+
+What a server offers is read without sending anything: :func:`hosted_models` parses its ``GET /status``
+(``cdsl models``), and :func:`check_versions` compares its nnsight (``GET /env``) with this client's
+before the first request to each host, since a request built by another nnsight version does not
+deserialize there.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +35,20 @@ from constraintdsl.runtime import extraction, interventions, scoring
 
 __all__ = [
     "ALLOWED_IMPORTS",
+    "SERVER_INFO_TIMEOUT",
+    "HostedModel",
     "NdifBackend",
     "RemoteFailure",
     "api_key",
     "backend_for",
     "check_payloads",
+    "check_versions",
+    "client_nnsight_version",
+    "hosted_models",
+    "parse_status",
     "register_runtime",
     "resolve_host",
+    "server_nnsight_version",
 ]
 
 # What the public NDIF lets user code import (DESIGN §6); the runtime must stay inside it.
@@ -53,7 +65,8 @@ class RemoteFailure(UserError):
     model), ``server`` (the request ran and raised on the server), ``lost`` (the connection dropped
     mid-run), ``rejected`` (the server refused the request for another reason), ``model`` (the model
     cannot be named remotely), ``payload`` (checked before sending: a layer or hidden size the model
-    lacks).  ``detail`` is the server's own text, kept whole.
+    lacks), ``version`` (checked before sending: the server runs another nnsight version than this
+    client).  ``detail`` is the server's own text, kept whole.
     """
 
     def __init__(
@@ -290,26 +303,10 @@ class NdifBackend(RemoteBackend):  # type: ignore[misc]
 
     # -- failures -----------------------------------------------------------------------------------
     def _network_failure(self, error: BaseException) -> RemoteFailure:
-        text = f"{type(error).__name__}: {error}"
-        if isinstance(error, ConnectionRefusedError) or "refused" in text.lower():
-            return RemoteFailure(
-                "refused",
-                self.host,
-                f"could not connect to NDIF at {self.host}: connection refused",
-                "is the server running? check --host / NDIF_HOST",
-                request_id=self.job_id,
-                detail=text,
-            )
-        if "timed out" in text.lower() or "timeout" in type(error).__name__.lower():
+        kind, text = _network_kind(error)
+        if kind == "timeout":
             return self._timeout_failure(text)
-        return RemoteFailure(
-            "unreachable",
-            self.host,
-            f"could not reach NDIF at {self.host} ({text})",
-            "check the host name and your network",
-            request_id=self.job_id,
-            detail=text,
-        )
+        return _connection_failure(kind, self.host, text, request_id=self.job_id)
 
     def _lost_failure(self, why: str) -> RemoteFailure:
         job = f"request {self.job_id}" if self.job_id else "the request"
@@ -337,15 +334,8 @@ class NdifBackend(RemoteBackend):  # type: ignore[misc]
         )
 
     def _http_failure(self, status: int, text: str) -> RemoteFailure:
-        lowered = text.lower()
-        if status in (401, 403) or "api key" in lowered:
-            return RemoteFailure(
-                "auth",
-                self.host,
-                f"NDIF at {self.host} refused the API key (HTTP {status}): {_detail(text)}",
-                "set NDIF_API_KEY or run `nnsight login` (keys from https://login.ndif.us)",
-                detail=text,
-            )
+        if status in (401, 403) or "api key" in text.lower():
+            return _auth_failure(self.host, status, text)
         return RemoteFailure(
             "rejected",
             self.host,
@@ -361,7 +351,7 @@ class NdifBackend(RemoteBackend):  # type: ignore[misc]
                 "not_hosted",
                 self.model_key.split(":", 1)[-1],
                 f"NDIF at {self.host} does not host this model (request {request_id}): {_last_line(description)}",
-                "see which models are hosted with `python -c 'import nnsight; print(nnsight.status())'`",
+                _hosted_hint(self.host),
                 request_id=request_id,
                 detail=description,
             )
@@ -375,6 +365,47 @@ class NdifBackend(RemoteBackend):  # type: ignore[misc]
         )
 
 
+def _network_kind(error: BaseException) -> tuple[str, str]:
+    """How a network error failed — ``refused``, ``timeout`` or ``unreachable`` — and its text."""
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, ConnectionRefusedError) or "refused" in text.lower():
+        return "refused", text
+    if "timed out" in text.lower() or "timeout" in type(error).__name__.lower():
+        return "timeout", text
+    return "unreachable", text
+
+
+def _connection_failure(kind: str, host: str, text: str, *, request_id: str | None = None) -> RemoteFailure:
+    """A ``refused`` or ``unreachable`` failure, worded the same for every request to ``host``."""
+    if kind == "refused":
+        return RemoteFailure(
+            "refused",
+            host,
+            f"could not connect to NDIF at {host}: connection refused",
+            "is the server running? check --host / NDIF_HOST",
+            request_id=request_id,
+            detail=text,
+        )
+    return RemoteFailure(
+        "unreachable",
+        host,
+        f"could not reach NDIF at {host} ({text})",
+        "check the host name and your network",
+        request_id=request_id,
+        detail=text,
+    )
+
+
+def _auth_failure(host: str, status: int, text: str) -> RemoteFailure:
+    return RemoteFailure(
+        "auth",
+        host,
+        f"NDIF at {host} refused the API key (HTTP {status}): {_detail(text)}",
+        "set NDIF_API_KEY or run `nnsight login` (keys from https://login.ndif.us)",
+        detail=text,
+    )
+
+
 def _detail(text: str) -> str:
     return text.removeprefix("Failed to send request: ").strip() or "no detail"
 
@@ -383,6 +414,261 @@ def _last_line(text: str) -> str:
     """The exception line of a server traceback (its last non-empty line), or the whole text."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no detail"
+
+
+# -- what a server offers: its models (GET /status) and its nnsight version (GET /env) --------------
+
+SERVER_INFO_TIMEOUT = 5.0  # seconds for GET /status and GET /env (connect and read)
+
+# application_state from healthiest to worst; a model's replicas fold into the best one
+_STATE_RANK = {"RUNNING": 0, "DEPLOYING": 1, "NOT_STARTED": 2, "WARM": 3, "COLD": 4, "UNHEALTHY": 5}
+_ACTOR = "ModelActor:"
+
+
+@dataclass(frozen=True)
+class HostedModel:
+    """A model an NDIF server knows, from its ``GET /status``: the id a client names it by (``repo_id``,
+    a Hub id or, on a self-hosted server, a folder), its ``state`` (the server's ``application_state``:
+    ``RUNNING``, ``DEPLOYING``, ``UNHEALTHY``…; for a model without a running actor its deployment level,
+    e.g. ``COLD``: downloaded, not running), and what the server tells about it, None when it does not."""
+
+    repo_id: str
+    state: str
+    level: str | None = None
+    revision: str | None = None
+    task: str | None = None
+    dtype: str | None = None
+    n_params: int | None = None
+    replicas: int = 0
+    model_key: str | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether a request for this model is served now (an actor is up)."""
+        return self.state == "RUNNING"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, and ``running``, as JSON-ready values."""
+        return {**asdict(self), "running": self.running}
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _key_fields(model_key: str) -> dict[str, Any]:
+    """The JSON half of a model key (``module.Class:{"repo_id": …, "revision": …}``), or {}."""
+    _, _, rest = model_key.partition(":")
+    try:
+        fields = json.loads(rest)
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def _entry(name: str, value: Any) -> HostedModel | None:
+    """One ``deployments`` entry as a model, or None when it names none (junk is skipped, never raised)."""
+    if not isinstance(value, dict):
+        return None
+    key = _text(value.get("model_key"))
+    at = name.find(_ACTOR)
+    is_actor = at == 0 or (at > 0 and name[at - 1] == ":")
+    if key is None and is_actor:
+        key = _text(name[at + len(_ACTOR) :])
+    fields = _key_fields(key) if key else {}
+    state = _text(value.get("application_state"))
+    level = _text(value.get("deployment_level"))
+    repo_id = _text(fields.get("repo_id")) or _text(value.get("repo_id"))
+    if repo_id is None and not is_actor and (state or level):
+        repo_id = _text(name)  # a COLD model is listed under its repo id
+    if repo_id is None:
+        return None
+    return HostedModel(
+        repo_id=repo_id,
+        state=(state or level or "UNKNOWN").upper(),
+        level=level.upper() if level else None,
+        revision=_text(fields.get("revision")) or _text(value.get("revision")),
+        task=_text(fields.get("task")) or _text(value.get("task")),
+        dtype=_text(value.get("dtype")),
+        n_params=_count(value.get("n_params")),
+        replicas=1 if is_actor else 0,
+        model_key=key,
+    )
+
+
+def _fold(held: HostedModel, new: HostedModel) -> HostedModel:
+    """Two replicas of one model as one: the healthier state, every detail either knows, replicas added."""
+    best, other = sorted((held, new), key=lambda m: _STATE_RANK.get(m.state, len(_STATE_RANK)))
+    return HostedModel(
+        repo_id=best.repo_id,
+        state=best.state,
+        level=best.level or other.level,
+        revision=best.revision or other.revision,
+        task=best.task or other.task,
+        dtype=best.dtype or other.dtype,
+        n_params=best.n_params if best.n_params is not None else other.n_params,
+        replicas=held.replicas + new.replicas,
+        model_key=best.model_key or other.model_key,
+    )
+
+
+def parse_status(data: Any) -> list[HostedModel]:
+    """The models in an NDIF ``GET /status`` answer, one per model (its replicas folded), running first.
+
+    Tolerant of what a server version may send: entries it cannot read (not an object, no model id)
+    are skipped, and an answer without a ``deployments`` object lists nothing."""
+    deployments = data.get("deployments") if isinstance(data, dict) else None
+    if isinstance(deployments, list):  # not what ndif 0.1.2 sends; read it the same way if a server does
+        items = [(str(v.get("name") or v.get("model_key") or ""), v) for v in deployments if isinstance(v, dict)]
+    elif isinstance(deployments, dict):
+        items = [(str(k), v) for k, v in deployments.items()]
+    else:
+        return []
+    models: dict[tuple[str, str | None], HostedModel] = {}
+    for name, value in items:
+        model = _entry(name, value)
+        if model is None:
+            continue
+        ident = (model.repo_id, model.revision) if model.model_key is None else (model.model_key, None)
+        held = models.get(ident)
+        models[ident] = model if held is None else _fold(held, model)
+    return sorted(models.values(), key=lambda m: (not m.running, m.repo_id, m.revision or "", m.task or ""))
+
+
+def _get_json(host: str, path: str, timeout: float) -> Any:
+    """``GET {host}{path}`` as JSON, with the API key when one is set; every failure a :class:`RemoteFailure`."""
+    import httpx
+
+    key = api_key()
+    try:
+        response = httpx.get(
+            f"{host}{path}", headers={"ndif-api-key": key} if key else None, timeout=timeout, follow_redirects=True
+        )
+    except httpx.TimeoutException as e:
+        raise RemoteFailure(
+            "timeout",
+            host,
+            f"NDIF at {host} did not answer GET {path} within {timeout:g} s",
+            "the server may be busy or unreachable; try again, and check --host / NDIF_HOST",
+            detail=f"{type(e).__name__}: {e}",
+        ) from None
+    except httpx.HTTPError as e:
+        kind, text = _network_kind(e)
+        raise _connection_failure("unreachable" if kind == "timeout" else kind, host, text) from None
+    if response.status_code in (401, 403):
+        raise _auth_failure(host, response.status_code, response.text)
+    if response.status_code != 200:
+        raise RemoteFailure(
+            "rejected",
+            host,
+            f"NDIF at {host} answered GET {path} with HTTP {response.status_code}: {_said(response.text)}",
+            "the server may be starting or overloaded; try again shortly"
+            if response.status_code >= 500
+            else "is --host an NDIF server? check --host / NDIF_HOST",
+            detail=response.text,
+        )
+    try:
+        return response.json()
+    except ValueError:
+        raise RemoteFailure(
+            "rejected",
+            host,
+            f"NDIF at {host} answered GET {path} with something that is not JSON",
+            "is --host an NDIF server? check --host / NDIF_HOST",
+            detail=response.text[:2000],
+        ) from None
+
+
+def _said(text: str) -> str:
+    """What an error answer says: its JSON ``detail`` when it has one, else its text (cut to one short line)."""
+    try:
+        detail = json.loads(text).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    said = detail if isinstance(detail, str) and detail.strip() else " ".join(text.split())
+    return (said[:200] + "…" if len(said) > 200 else said) or "no detail"
+
+
+def hosted_models(host: str, *, timeout: float = SERVER_INFO_TIMEOUT) -> list[HostedModel]:
+    """The models the NDIF server at ``host`` hosts, from its ``GET /status`` (see :func:`parse_status`).
+
+    Network and HTTP problems raise :class:`RemoteFailure` (``refused``, ``unreachable``, ``timeout``,
+    ``auth``, ``rejected``)."""
+    return parse_status(_get_json(host, "/status", timeout))
+
+
+def _hosted_hint(host: str) -> str:
+    """For a model the server does not host: which ones it does (asked now, best effort)."""
+    fallback = "see which models are hosted with `python -c 'import nnsight; print(nnsight.status())'`"
+    try:
+        models = hosted_models(host)
+    except RemoteFailure:
+        return fallback
+    if not models:
+        return fallback
+    shown = [f"{m.repo_id} ({m.state.lower()})" for m in models[:8]]
+    more = f" and {len(models) - 8} more" if len(models) > 8 else ""
+    return f"it hosts {', '.join(shown)}{more}; use one of those as --model (`cdsl models --host {host}` lists them)"
+
+
+def client_nnsight_version() -> str:
+    """The nnsight version this client runs (its installed distribution's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nnsight")
+    except PackageNotFoundError:
+        return str(getattr(nnsight, "__version__", "unknown"))
+
+
+def server_nnsight_version(host: str, *, timeout: float = SERVER_INFO_TIMEOUT) -> str | None:
+    """The nnsight version the NDIF server at ``host`` runs, from its ``GET /env``; None when that cannot
+    be read (no answer, an error, or no nnsight in it): the caller goes on without it."""
+    try:
+        env = _get_json(host, "/env", timeout)
+    except RemoteFailure:
+        return None
+    packages = env.get("packages") if isinstance(env, dict) else None
+    return _text(packages.get("nnsight")) if isinstance(packages, dict) else None
+
+
+# host -> the server's nnsight version (None: unknown), read once per host per process
+_server_versions: dict[str, str | None] = {}
+
+
+def check_versions(host: str, *, timeout: float | None = None) -> None:
+    """Before the first request to ``host``: raise :class:`RemoteFailure` (kind ``version``) when its
+    nnsight differs from this client's, since the server could not read what this client sends.
+
+    The server's version is asked once per host per process (``GET /env``, at most ``timeout`` or
+    :data:`SERVER_INFO_TIMEOUT` seconds); when it cannot be read, nothing is blocked."""
+    if host not in _server_versions:
+        wait = SERVER_INFO_TIMEOUT if timeout is None else max(0.1, min(SERVER_INFO_TIMEOUT, timeout))
+        _server_versions[host] = server_nnsight_version(host, timeout=wait)
+    server = _server_versions[host]
+    client = client_nnsight_version()
+    if server is None or server == client:
+        return
+    raise RemoteFailure(
+        "version",
+        host,
+        f"NDIF at {host} runs nnsight {server} but this client has nnsight {client}; "
+        "a request from another nnsight version cannot run there, so nothing was sent",
+        f"install the server's version: pip install nnsight=={server}",
+        detail=f"client nnsight {client}, server nnsight {server}",
+    )
 
 
 def backend_for(
@@ -396,12 +682,16 @@ def backend_for(
 ) -> NdifBackend:
     """A backend that runs ``model``'s trace on the server ``remote`` names (True: the configured host).
 
-    Registers the runtime for by-value transport first."""
+    Registers the runtime for by-value transport first, and checks (once per host) that the server runs
+    this client's nnsight version (:func:`check_versions`)."""
     register_runtime()
+    key = model_key(model)
+    host = resolve_host(remote)
+    check_versions(host, timeout=timeout)
     env_of = getattr(model, "_remoteable_get_env", None)
     return NdifBackend(
-        model_key(model),
-        resolve_host(remote),
+        key,
+        host,
         key_env=env_of() if callable(env_of) else None,
         blocking=blocking,
         job_id=job_id,

@@ -22,7 +22,20 @@ from constraintdsl.models.sites import arch_sites
 if TYPE_CHECKING:
     from constraintdsl.compiler.plan import Plan
 
-__all__ = ["Effect", "Read", "calibrated_readouts", "concept_reads", "generated_mask", "project_rows", "readout"]
+__all__ = [
+    "Effect",
+    "Read",
+    "calibrate_reads",
+    "calibrated_readouts",
+    "concept_read_list",
+    "concept_reads",
+    "generated_mask",
+    "project_rows",
+    "read_paths",
+    "readout",
+    "readout_inputs",
+    "stop_ids",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,20 +104,44 @@ def calibrated_readouts(
     (``[B]`` float64, NaN for a row that generated nothing), read at the artifact's site by ONE plain
     forward pass over ``ids`` (``prompt_width`` left-padded prompt columns, then generated ones)."""
 
+    attention, gen = readout_inputs(ids, prompt_mask, prompt_width, stop_ids(model))
+    raws = project_rows(model, ids, attention, gen, concept_read_list(reads), remote=remote)
+    return calibrate_reads(reads, raws)
+
+
+def stop_ids(model: Any) -> list[int]:
+    """The token ids that end a generated text (end of sequence, padding)."""
     tok = model.tokenizer
-    stops = {int(t) for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
-    gen = generated_mask(ids, prompt_width, stops)
+    return sorted({int(t) for t in (tok.eos_token_id, tok.pad_token_id) if t is not None})
+
+
+def readout_inputs(
+    ids: torch.Tensor, prompt_mask: torch.Tensor, prompt_width: int, stops: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention mask (the prompt's, then the generated tokens up to each row's first stop) and the
+    tokens read (the generated ones) of a readout pass over ``ids``.  Torch only: a comparison sent as one
+    NDIF request runs it on the server, on ids generated there."""
+    gen = generated_mask(ids, prompt_width, set(stops))
     attention = torch.cat([prompt_mask.to(torch.bool), gen[:, prompt_width:]], dim=1).to(torch.long)
-    wanted = [
+    return attention, gen
+
+
+def concept_read_list(reads: Sequence[tuple[ConceptArtifact, int]]) -> list[Read]:
+    """A :class:`Read` of each ``(artifact, layer)``'s direction at the artifact's site."""
+    return [
         Read(layer, art.metadata.get("site", "resid"), torch.tensor(np.asarray(art.direction(layer)))[None])
         for art, layer in reads
     ]
+
+
+def calibrate_reads(reads: Sequence[tuple[ConceptArtifact, int]], raws: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Raw mean projections (``[B, 1]`` per read, from :func:`project_rows`) in each concept's calibrated units."""
     out = []
-    for (art, layer), raw in zip(reads, project_rows(model, ids, attention, gen, wanted, remote=remote), strict=True):
+    for (art, layer), raw in zip(reads, raws, strict=True):
         cal = art.calibration
         assert cal is not None, "a readout needs a calibrated concept"
         row = art.row(layer)
-        out.append((raw[:, 0].to(torch.float64) - float(cal.neg_mean[row])) / float(cal.scale[row]))
+        out.append((raw[:, 0].detach().cpu().to(torch.float64) - float(cal.neg_mean[row])) / float(cal.scale[row]))
     return out
 
 
@@ -142,15 +179,20 @@ def project_rows(
     nothing)."""
     if select.shape != ids.shape:
         raise ValueError("select must have the shape of ids")
-    layers = arch_sites(model).layers
-    paths = [f"{layers}.{r.layer}" + ("" if r.site == "resid" else "." + _sublayer(model, r.site)) for r in reads]
-    directions = [r.directions.to(torch.float32) for r in reads]
+    paths, directions = read_paths(model, reads)
     backend = run_backend(model, [None], remote, timeout=timeout, progress=progress, given=backend)
     enc = on_device(model, {"input_ids": ids, "attention_mask": mask})
     outs = _run_project(model, enc, select, paths, directions, backend)
     if outs is None:
         raise RuntimeError("the readout pass returned no result")
     return [o.detach().cpu() for o in outs]
+
+
+def read_paths(model: Any, reads: Sequence[Read]) -> tuple[list[str], list[torch.Tensor]]:
+    """Each read's module path in ``model`` and its directions as float32 ``[k, H]``."""
+    layers = arch_sites(model).layers
+    paths = [f"{layers}.{r.layer}" + ("" if r.site == "resid" else "." + _sublayer(model, r.site)) for r in reads]
+    return paths, [r.directions.to(torch.float32) for r in reads]
 
 
 def _sublayer(model: Any, site: str) -> str:
