@@ -11,7 +11,7 @@ import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
@@ -21,11 +21,12 @@ import typer
 from constraintdsl.errors import Diagnostic, UserError
 from constraintdsl.lang.loading import load
 
-from .common import EXIT_FAILED, EXIT_OK, Dtype, StrictOpt, emit_warnings
+from .common import EXIT_FAILED, EXIT_OK, Dtype, StrictOpt, emit_warnings, save_job
 
 if TYPE_CHECKING:
     from constraintdsl.compare.checks import CheckResult
     from constraintdsl.compare.comparison import Comparison, Inputs, Row
+    from constraintdsl.compare.session import CompareJob
     from constraintdsl.compare.store import RunRecord, RunStore
     from constraintdsl.errors import Diagnostic
     from constraintdsl.lang.spec import Spec
@@ -84,6 +85,8 @@ class CompareOptions:
     host: str | None = None
     strict: bool = False
     junit: str | None = None
+    no_wait: bool = False
+    request_tokens: int | None = None
 
 
 class _StrictStop(Exception):
@@ -125,7 +128,7 @@ def _read_inputs(opts: CompareOptions) -> _Read:
     from constraintdsl.compare.ab import load_ab
     from constraintdsl.compare.comparison import read_corpus
 
-    from .run import read_prompts
+    from .common import read_prompts
 
     prompts_path = opts.prompts or str(shipped("prompts"))
     prompts = read_prompts(prompts_path)
@@ -267,16 +270,24 @@ def _preflight(opts: CompareOptions, specs: list[Spec]) -> _Read:
     return read
 
 
-def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
+def compare_command(
+    opts: CompareOptions, *, out: TextIO, err: TextIO, collect: tuple[CompareJob, float] | None = None
+) -> int:
     """``cdsl compare``: the baseline and every spec/variant on the same inputs; tables, JSON, report, store.
 
-    Every input and output location is checked before the model is loaded (see :func:`_preflight`)."""
-    from constraintdsl.compare.comparison import compare
+    Every input and output location is checked before the model is loaded (see :func:`_preflight`).  With
+    ``opts.no_wait`` the comparison is only submitted (one NDIF request): its id goes to ``out`` and
+    ``cdsl job ID`` (``collect``: the job and seconds to wait) brings it back, reported and recorded as here."""
+    from constraintdsl.compare.comparison import collect_compare, compare, submit_compare
 
+    target: bool | str = (opts.host or True) if opts.remote or opts.host else False
+    if opts.no_wait and not target:
+        raise UserError("--no-wait", "--no-wait needs --remote or --host (only a server can hold a job)", None)
+    if opts.no_wait and opts.from_store:
+        raise UserError("--no-wait", "--from-store runs nothing, so there is nothing to leave running", None)
     specs = _specs(opts.specs)
     opts = with_spec_data(opts, specs)
     read = _preflight(opts, specs)
-    target: bool | str = (opts.host or True) if opts.remote or opts.host else False
     # remote, or rebuilt from the store: nothing runs here, so the weights are not read
     model = options_model(opts, specs[0], err, lazy=bool(target) or opts.from_store)
     inputs = _inputs(opts, read, model.tokenizer)
@@ -301,15 +312,47 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
                 raise _StrictStop
 
         try:
-            comparison = compare(
-                model,
-                specs,
-                inputs,
-                marginal=opts.marginal,
-                remote=target,
-                progress=_Bar(err),
-                on_warnings=on_warnings,
-            )
+            if opts.no_wait:
+                job = submit_compare(
+                    model,
+                    specs,
+                    inputs,
+                    remote=target,
+                    marginal=opts.marginal,
+                    progress=_Bar(err),
+                    on_warnings=on_warnings,
+                    request_tokens=opts.request_tokens,
+                )
+                save_job(job.job_id, {"kind": "compare", "job": job.to_dict(), "options": _portable(opts)})
+                out.write(job.job_id + "\n")
+                err.write(f"submitted; fetch the comparison with: cdsl job {job.job_id}\n")
+                return EXIT_OK
+            if collect is not None:
+                collected = collect_compare(
+                    model,
+                    specs,
+                    inputs,
+                    collect[0],
+                    wait=collect[1],
+                    marginal=opts.marginal,
+                    progress=_Bar(err),
+                    request_tokens=opts.request_tokens,
+                )
+                if collected is None:
+                    err.write(f"job {collect[0].job_id} is still running; try again later (or --wait SECONDS)\n")
+                    return EXIT_FAILED
+                comparison = collected
+            else:
+                comparison = compare(
+                    model,
+                    specs,
+                    inputs,
+                    marginal=opts.marginal,
+                    remote=target,
+                    progress=_Bar(err),
+                    on_warnings=on_warnings,
+                    request_tokens=opts.request_tokens,
+                )
         except _StrictStop:
             return EXIT_FAILED
         if opts.record:
@@ -323,6 +366,28 @@ def compare_command(opts: CompareOptions, *, out: TextIO, err: TextIO) -> int:
     results = evaluate_comparison(specs, comparison)
     _emit(opts, comparison, out, err, results)
     return _assert(opts, specs, results, comparison, out, err)
+
+
+def collect_command(record: Mapping[str, Any], *, wait: float, fmt: str, out: TextIO, err: TextIO) -> int:
+    """``cdsl job ID`` for a comparison sent with ``cdsl compare --no-wait``: the options recorded then, the
+    passes planned again (nothing else is sent), the result reported, recorded and asserted as ``cdsl compare``
+    does; exit 1 while it is still running."""
+    from constraintdsl.compare.session import CompareJob
+
+    options = dict(record["options"])
+    options["specs"] = tuple(options["specs"])
+    opts = replace(CompareOptions(**options), no_wait=False, fmt="json" if fmt == "json" else options["fmt"])
+    return compare_command(opts, out=out, err=err, collect=(CompareJob.from_dict(record["job"]), wait))
+
+
+def _portable(opts: CompareOptions) -> dict[str, Any]:
+    """``opts`` as JSON-able data whose file paths hold from any working folder (for ``cdsl job``)."""
+    data = asdict(opts)
+    for name in ("prompts", "corpus", "ab", "report", "store", "junit"):
+        if data[name] is not None:
+            data[name] = str(Path(data[name]).absolute())
+    data["specs"] = [str(Path(p).absolute()) for p in opts.specs]
+    return data
 
 
 def _assert(
@@ -623,6 +688,15 @@ ABScoreOpt = Annotated[
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, max=4096)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
 HostOpt = Annotated[str | None, typer.Option("--host", help="NDIF server URL (implies --remote)")]
+RequestTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--request-tokens",
+        min=0,
+        help="remote: the most tokens (forwarded over every pass and arm) sent as ONE request; more goes pass by "
+        "pass (default 2,000,000; 0: always pass by pass)",
+    ),
+]
 
 
 StoreOpt = Annotated[
@@ -672,6 +746,11 @@ def _compare_cmd(
         str | None,
         typer.Option("--junit", help="write every budget and target's result as JUnit XML (for CI) to this file"),
     ] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option("--no-wait", help="submit the remote comparison as one request, print its job id and exit"),
+    ] = False,
+    request_tokens: RequestTokensOpt = None,
 ) -> None:
     """Run the baseline and every spec/variant on the same inputs, batched, and report effect, tax,
     load, marginal tax and degrees of freedom.  Every `budget` and `target` of the specs is asserted on
@@ -699,6 +778,8 @@ def _compare_cmd(
         host=host,
         strict=strict,
         junit=junit,
+        no_wait=no_wait,
+        request_tokens=request_tokens,
     )
     raise typer.Exit(compare_command(opts, out=sys.stdout, err=sys.stderr))
 

@@ -14,11 +14,23 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from constraintdsl.errors import Span, SpecError, UserError
-from constraintdsl.lang.loading import load, read_text
+from constraintdsl.errors import SpecError, UserError
+from constraintdsl.lang.loading import load
 from constraintdsl.tables import UNIT_LABELS, text_table
 
-from .common import EXIT_FAILED, EXIT_OK, Dtype, DtypeOpt, ModelOpt, OutputFormat, StrictOpt, VariantOpt
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Dtype,
+    DtypeOpt,
+    ModelOpt,
+    OutputFormat,
+    StrictOpt,
+    VariantOpt,
+    read_job,
+    read_prompts,
+    save_job,
+)
 
 if TYPE_CHECKING:
     from constraintdsl.compiler.plan import Plan
@@ -26,38 +38,7 @@ if TYPE_CHECKING:
     from constraintdsl.lang.spec import Spec
     from constraintdsl.run.readout import Effect
 
-__all__ = ["explain_spec", "fetch_job", "jobs_dir", "read_prompts", "register", "run_spec"]
-
-
-def read_prompts(path: str) -> list[str]:
-    """Prompts from a file: ``.txt`` one per line (blank lines and ``#`` comments skipped), or
-    ``.jsonl`` with one ``{"prompt": "…"}`` (or a JSON string) per line."""
-    text = read_text(path, kind="prompts")
-    prompts: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or (stripped.startswith("#") and not path.endswith(".jsonl")):
-            continue
-        if path.endswith(".jsonl"):
-            try:
-                item = json.loads(stripped)
-            except json.JSONDecodeError as e:
-                raise SpecError.single(
-                    Span(path, lineno, e.colno), f"invalid JSON: {e.msg}", None, source=text
-                ) from None
-            value = item.get("prompt") if isinstance(item, dict) else item
-            if not isinstance(value, str) or not value.strip():
-                raise SpecError.single(
-                    Span(path, lineno, 1), 'each line must be {"prompt": "…"} or a JSON string', None, source=text
-                )
-            prompts.append(value)
-        else:
-            prompts.append(stripped)
-    if not prompts:
-        raise UserError(
-            "--prompts", f"{path} holds no prompts", 'one prompt per line (.txt) or {"prompt": …} per line (.jsonl)'
-        )
-    return prompts
+__all__ = ["explain_spec", "fetch_job", "read_prompts", "register", "run_spec"]
 
 
 def load_spec_model(spec: Spec, name: str | None, dtype: str, err: TextIO, *, lazy: bool = False) -> Any:
@@ -297,9 +278,11 @@ def run_spec(
     err.write(f"generating {max_new_tokens} tokens for {len(prompts)} prompt(s){where}…\n")
     if not wait:
         job = runner.submit(model, payloads, prompts, remote=target, max_new_tokens=max_new_tokens, progress=progress)
-        _save_job(
-            job,
+        save_job(
+            job.job_id,
             {
+                "kind": "run",
+                "job": job.to_dict(),
                 "spec": str(Path(path).resolve()),
                 "model": model_name,
                 "dtype": dtype,
@@ -403,31 +386,16 @@ def _with_statement(plan: Plan, error: UserError) -> UserError:
     return error
 
 
-def jobs_dir() -> Path:
-    """Where ``--no-wait`` keeps what ``cdsl job`` needs: ``<cache>/jobs``."""
-    from constraintdsl.models.loading import cache_dir
-
-    return cache_dir() / "jobs"
-
-
-def _save_job(job: Any, context: dict[str, Any]) -> None:
-    from constraintdsl.atomic import write_atomic
-
-    folder = jobs_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / f"{job.job_id}.json", json.dumps({"job": job.to_dict(), **context}))
-
-
 def fetch_job(job_id: str, *, wait: float, fmt: str, out: TextIO, err: TextIO) -> int:
-    """``cdsl job ID``: the result of a ``cdsl run --no-wait``; exit 1 while it is still running."""
+    """``cdsl job ID``: the result of a ``cdsl run --no-wait`` or ``cdsl compare --no-wait`` (a comparison is
+    reported, and recorded, as ``cdsl compare`` does); exit 1 while it is still running."""
     from constraintdsl.run import runner
 
-    if not job_id.replace("-", "").isalnum():
-        raise UserError("ID", f"{job_id!r} is not a job id", "use the id `cdsl run --no-wait` printed")
-    record_path = jobs_dir() / f"{job_id}.json"
-    if not record_path.is_file():
-        raise UserError("ID", f"no job {job_id} was submitted from this machine", f"looked in {jobs_dir()}")
-    record = json.loads(record_path.read_text())
+    record = read_job(job_id)
+    if record.get("kind") == "compare":
+        from .compare import collect_command
+
+        return collect_command(record, wait=wait, fmt=fmt, out=out, err=err)
     job = runner.RemoteJob.from_dict(record["job"])
     target: bool | str = record.get("remote", True)  # jobs recorded before the host was kept: the configured one
     plan, model, digest = _compile(
@@ -541,11 +509,14 @@ def _run_cmd(
 
 
 def _job_cmd(
-    job_id: Annotated[str, typer.Argument(help="the id `cdsl run --no-wait` printed", metavar="ID")],
+    job_id: Annotated[
+        str, typer.Argument(help="the id `cdsl run --no-wait` or `cdsl compare --no-wait` printed", metavar="ID")
+    ],
     wait: Annotated[float, typer.Option("--wait", min=0, help="seconds to keep polling before giving up")] = 0.0,
     format: FormatOpt = OutputFormat.text,
 ) -> None:
-    """Fetch the result of a remote run submitted with `cdsl run --remote --no-wait` (exit 1 while it runs)."""
+    """Fetch the result of a remote run or comparison submitted with --no-wait (exit 1 while it runs); a
+    comparison is reported, recorded and asserted as `cdsl compare` does."""
     raise typer.Exit(fetch_job(job_id, wait=wait, fmt=format.value, out=sys.stdout, err=sys.stderr))
 
 

@@ -30,6 +30,7 @@ from .compare import (
     LimitOpt,
     MaxNewTokensOpt,
     PromptsOpt,
+    RequestTokensOpt,
     StoreOpt,
     WindowOpt,
     _Bar,
@@ -147,6 +148,7 @@ def tune_command(
         per_round=per_round,
         max_rounds=max_rounds,
         remote=target,
+        request_tokens=opts.request_tokens,
         on_round=on_round,
         progress=_Bar(err) if opts.fmt == "text" else None,
     )
@@ -259,6 +261,7 @@ def _tune_cmd(
     no_store: Annotated[bool, typer.Option("--no-store", help="do not record the points in the store")] = False,
     remote: Annotated[bool, typer.Option("--remote", help="run on NDIF (one request per round)")] = False,
     host: HostOpt = None,
+    request_tokens: RequestTokensOpt = None,
 ) -> None:
     """Search the spec's continuous lets for the best variant within its budgets and targets; print every
     evaluated point; with -o write the chosen spec.  Exit 1 when no point meets every budget and target."""
@@ -280,6 +283,7 @@ def _tune_cmd(
         record=not no_store,
         remote=remote,
         host=host,
+        request_tokens=request_tokens,
     )
     code = tune_command(
         opts,

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from constraintdsl.lang.spec import Spec
 
     from .ab import ABSet
+    from .session import CompareJob
 
 __all__ = [
     "Arm",
@@ -47,10 +48,12 @@ __all__ = [
     "Inputs",
     "Row",
     "build_arms",
+    "collect_compare",
     "compare",
     "corpus_windows",
     "read_corpus",
     "spec_arms",
+    "submit_compare",
 ]
 
 DEFAULT_WINDOW = 128
@@ -525,6 +528,104 @@ def compare(
     Remote (``remote``), every pass goes in ONE request (:mod:`constraintdsl.compare.session`) while the
     estimated work is within ``request_tokens`` (default :data:`~constraintdsl.compare.session.REQUEST_TOKENS`;
     0: always pass by pass), else one request per pass."""
+    got = _compare(
+        model,
+        specs,
+        inputs,
+        marginal=marginal,
+        remote=remote,
+        progress=progress,
+        concepts=concepts,
+        on_warnings=on_warnings,
+        ab_score=ab_score,
+        baseline=baseline,
+        request_tokens=request_tokens,
+    )
+    assert isinstance(got, Comparison)
+    return got
+
+
+def submit_compare(
+    model: Any,
+    specs: Sequence[Spec],
+    inputs: Inputs,
+    *,
+    remote: bool | str = True,
+    marginal: bool = True,
+    progress: Progress | None = None,
+    concepts: Mapping[str, Any] | None = None,
+    on_warnings: Callable[[Sequence[Diagnostic], Mapping[str, str]], None] | None = None,
+    ab_score: str | None = None,
+    request_tokens: int | None = None,
+) -> CompareJob:
+    """:func:`compare`'s passes sent to NDIF as one request without waiting (``cdsl compare --no-wait``);
+    :func:`collect_compare` with the same specs, inputs and options brings the comparison back.  A comparison
+    beyond one request's budget cannot be sent so (it would take a request per pass): a :class:`UserError`."""
+    got = _compare(
+        model,
+        specs,
+        inputs,
+        marginal=marginal,
+        remote=remote or True,
+        progress=progress,
+        concepts=concepts,
+        on_warnings=on_warnings,
+        ab_score=ab_score,
+        request_tokens=request_tokens,
+        submit=True,
+    )
+    assert not isinstance(got, Comparison) and got is not None
+    return got
+
+
+def collect_compare(
+    model: Any,
+    specs: Sequence[Spec],
+    inputs: Inputs,
+    job: CompareJob,
+    *,
+    wait: float | None = 0.0,
+    marginal: bool = True,
+    progress: Progress | None = None,
+    concepts: Mapping[str, Any] | None = None,
+    ab_score: str | None = None,
+    request_tokens: int | None = None,
+) -> Comparison | None:
+    """The comparison :func:`submit_compare` sent as ``job`` (same specs, inputs and options: its passes are
+    planned again here, nothing else is sent), or None while the server is still running it; ``wait``:
+    seconds to keep polling (None: until done)."""
+    got = _compare(
+        model,
+        specs,
+        inputs,
+        marginal=marginal,
+        remote=job.host,
+        progress=progress,
+        concepts=concepts,
+        ab_score=ab_score,
+        request_tokens=request_tokens,
+        collect=(job, wait),
+    )
+    assert got is None or isinstance(got, Comparison)
+    return got
+
+
+def _compare(
+    model: Any,
+    specs: Sequence[Spec],
+    inputs: Inputs,
+    *,
+    marginal: bool = True,
+    remote: bool | str = False,
+    progress: Progress | None = None,
+    concepts: Mapping[str, Any] | None = None,
+    on_warnings: Callable[[Sequence[Diagnostic], Mapping[str, str]], None] | None = None,
+    ab_score: str | None = None,
+    baseline: Baseline | None = None,
+    request_tokens: int | None = None,
+    submit: bool = False,
+    collect: tuple[CompareJob, float | None] | None = None,
+) -> Comparison | CompareJob | None:
     from constraintdsl.models.loading import model_identity
     from constraintdsl.run.runner import generate_variants
 
@@ -587,6 +688,13 @@ def compare(
             reads=[(art, layer) for _, art, layer in _reads(arms, main)],
         )
         if work.tokens > budget:
+            if submit or collect is not None:
+                raise UserError(
+                    "--no-wait",
+                    f"this comparison's work ({work.tokens:,} tokens forwarded) exceeds one request's budget "
+                    f"({budget:,}), so it would go pass by pass, one request each, and cannot be left to run",
+                    "run it without --no-wait, or raise --request-tokens",
+                )
             report(
                 f"the comparison's work ({work.tokens:,} tokens) exceeds one request's budget ({budget:,}): "
                 "sending it pass by pass",
@@ -594,11 +702,25 @@ def compare(
                 total,
             )
             work = None
+    elif submit or collect is not None:
+        raise UserError("--no-wait", "--no-wait needs --remote (only a server can hold a job)", None)
     if work is not None:
-        from .session import run_session
+        from .session import collect_session, run_session, submit_session
 
-        report(f"sending every pass ({sum(work.passes.values())}) as one request", 0, total)
-        got = run_session(model, work, remote, progress=lambda line: report(line, 0, total))
+        def status(line: str) -> None:
+            report(line, 0, total)
+
+        if submit:
+            report(f"submitting every pass ({sum(work.passes.values())}) as one request", 0, total)
+            return submit_session(model, work, remote, progress=status)
+        if collect is not None:
+            maybe = collect_session(model, work, collect[0], wait=collect[1], progress=status)
+            if maybe is None:
+                return None
+            got = maybe
+        else:
+            report(f"sending every pass ({sum(work.passes.values())}) as one request", 0, total)
+            got = run_session(model, work, remote, progress=status)
         passes.update(work.passes)
         seconds["request"] = got.seconds
         sums = [_Sums() for _ in runs]

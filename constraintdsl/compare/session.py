@@ -31,7 +31,17 @@ if TYPE_CHECKING:
     from .ab_pass import ABGroup
     from .passes import CorpusScore, PassWork
 
-__all__ = ["REQUEST_TOKENS", "SessionResult", "SessionWork", "plan_session", "register_passes", "run_session"]
+__all__ = [
+    "REQUEST_TOKENS",
+    "CompareJob",
+    "SessionResult",
+    "SessionWork",
+    "collect_session",
+    "plan_session",
+    "register_passes",
+    "run_session",
+    "submit_session",
+]
 
 # Tokens forwarded (summed over passes and arms) that one request may carry: about 2·10⁶ tokens of a 70B model
 # take tens of minutes on one GPU, well inside NDIF's one-hour limit per job.
@@ -185,18 +195,80 @@ def run_session(
 ) -> SessionResult:
     """Send ``work`` to the NDIF server ``remote`` names as one request, wait, and bring the results back."""
     from constraintdsl.models.backend import run_backend
-    from constraintdsl.run.readout import calibrate_reads
-    from constraintdsl.run.runner import _split_generate
-
-    from .passes import corpus_scores
 
     register_passes()
     backend = run_backend(model, work.payloads, remote, timeout=timeout, progress=progress)
     started = time.perf_counter()
     out = _run_session(model, work, backend)
-    seconds = time.perf_counter() - started
     if out is None:
         raise RuntimeError("the comparison's request returned no result")
+    return _results(model, work, out, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """A comparison sent without waiting (:func:`submit_session`): the request's id, server and model key."""
+
+    job_id: str
+    host: str
+    model_key: str
+
+    def to_dict(self) -> dict[str, str]:
+        """Plain JSON-able fields."""
+        return {"job_id": self.job_id, "host": self.host, "model_key": self.model_key}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareJob:
+        """Inverse of :meth:`to_dict`."""
+        return cls(job_id=str(data["job_id"]), host=str(data["host"]), model_key=str(data["model_key"]))
+
+
+def submit_session(
+    model: Any, work: SessionWork, remote: bool | str, *, progress: Callable[[str], None] | None = None
+) -> CompareJob:
+    """Send ``work`` as one request without waiting; :func:`collect_session` brings its results back."""
+    from constraintdsl.models.backend import run_backend
+
+    register_passes()
+    backend = run_backend(model, work.payloads, remote, blocking=False, progress=progress)
+    _run_session(model, work, backend)
+    if backend.job_id is None:
+        raise RuntimeError("the server assigned no request id")
+    return CompareJob(job_id=str(backend.job_id), host=str(backend.host), model_key=str(backend.model_key))
+
+
+def collect_session(
+    model: Any,
+    work: SessionWork,
+    job: CompareJob,
+    *,
+    wait: float | None = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> SessionResult | None:
+    """The results of ``job`` (sent by :func:`submit_session` for this same ``work``, planned again from the
+    same specs and inputs), or None while it is still running; ``wait``: seconds to keep polling (None: until
+    done)."""
+    from constraintdsl.models.ndif import NdifBackend
+
+    backend = NdifBackend(job.model_key, job.host, blocking=False, job_id=job.job_id, progress=progress)
+    started = time.perf_counter()
+    while True:
+        result = backend.poll()
+        if result is not None:
+            break
+        if wait is not None and time.perf_counter() - started >= wait:
+            return None
+        time.sleep(0.25)
+    return _results(model, work, result["out"], time.perf_counter() - started)
+
+
+def _results(model: Any, work: SessionWork, out: Any, seconds: float) -> SessionResult:
+    """The session's saved values, reduced on the CPU like the pass-by-pass results."""
+    from constraintdsl.run.readout import calibrate_reads
+    from constraintdsl.run.runner import _split_generate
+
+    from .passes import corpus_scores
+
     corpus_raw, answers_raw, new_ids, teles, reads_raw = out
     corpus = [corpus_scores(outs, pass_.records) for outs, pass_ in zip(corpus_raw, work.corpus, strict=True)]
     ab: list[torch.Tensor] = []

@@ -204,13 +204,16 @@ def tune(
     on_round: Callable[[int, Sequence[Point]], None] | None = None,
     progress: Any = None,
     concepts: Mapping[str, Any] | None = None,
+    request_tokens: int | None = None,
 ) -> TuneResult:
     """Search ``spec``'s continuous lets for the best variant (see the module docstring).
 
     ``tolerance``: the bracket width (in each let's unit) at which the search stops; a number for every let
     or a mapping by name (default: 1/100 of each range).  ``per_round``: new points a round evaluates for one
     let (at least 2; the first round evaluates ``per_round + 1`` evenly spaced points over the whole range).
-    ``on_round(round, points)`` is called after each round with that round's points.  Raises
+    ``on_round(round, points)`` is called after each round with that round's points.  ``remote``: each round
+    is one NDIF request while within ``request_tokens`` (see :func:`~constraintdsl.compare.comparison.compare`).
+    Raises
     :class:`SpecError` (located) for a spec tune cannot search and :class:`UserError` for a bad option.
     """
     from constraintdsl.lang.variants import bind
@@ -282,6 +285,7 @@ def tune(
             progress=progress,
             concepts=concepts,
             baseline=kept,
+            request_tokens=request_tokens,
         )
         passes += sum(comparison.passes.values())
         sequences += sum(comparison.sequences.values())

@@ -40,17 +40,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import math
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +410,159 @@ def _controller_up(bin_dir: Path, env: dict[str, str]) -> bool:
 
 
 # -- models ----------------------------------------------------------------------------------------
+
+# The scale model (``--big``): SmolLM2's architecture and tokenizer at 8x its parameter count and more, with
+# random weights.  1,134,630,912 parameters (SmolLM2-135M: 134,515,008), float32: 4.54 GB of weights.
+BIG_SHAPE = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 17,
+    "intermediate_size": 8192,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+}
+BIG_SEED = 0
+BIG_STD = 0.02  # every matrix ~ N(0, 0.02); the RMSNorm weights are ones
+BIG_SHARD_BYTES = 1 << 30
+BIG_FORMAT = 1  # bump when the way the folder is written changes: the cache key changes with it
+BIG_MARKER = "cdsl-scale-model.json"  # written last: a folder without it is never used
+BIG_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+BIG_COPIED = (*BIG_TOKENIZER_FILES, "generation_config.json")
+
+
+def big_config(smollm2: Path) -> dict[str, Any]:
+    """SmolLM2's ``config.json`` with the scale model's shape (vocabulary, RoPE, norms, tied embeddings kept)."""
+    config: dict[str, Any] = json.loads((smollm2 / "config.json").read_text())
+    config.pop("_model_name_or_path", None)
+    config.update(BIG_SHAPE)
+    config["dtype"] = "float32"
+    return config
+
+
+def big_tensors(config: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    """Every stored tensor's name and shape, in the model's order, from the architecture built on the meta
+    device (nothing allocated); a tied ``lm_head.weight`` is not stored, as ``save_pretrained`` does."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ()) if config.get("tie_word_embeddings") else set()
+    return [(name, tuple(t.shape)) for name, t in model.state_dict().items() if name not in tied]
+
+
+def _big_tensor(name: str, shape: tuple[int, ...]) -> Any:
+    """One tensor's values: seeded by its name (the same bytes whatever the order), float32."""
+    import torch
+
+    if name.endswith("norm.weight"):
+        return torch.ones(shape, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(BIG_SEED * 1_000_003 + zlib.crc32(name.encode()))
+    return torch.empty(shape, dtype=torch.float32).normal_(0.0, BIG_STD, generator=generator)
+
+
+def write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]]) -> None:
+    """A safetensors file written tensor by tensor (the header first, from the shapes), so at most one
+    tensor is in memory at a time."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in tensors:
+        size = math.prod(shape) * 4
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(raw)))
+        out.write(raw)
+        for name, shape in tensors:
+            out.write(_big_tensor(name, shape).numpy())  # little-endian float32, no copy
+            # (byte order: safetensors is little-endian, as every machine this runs on)
+
+
+def _shards(tensors: list[tuple[str, tuple[int, ...]]]) -> list[list[tuple[str, tuple[int, ...]]]]:
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in tensors:
+        nbytes = math.prod(shape) * 4
+        if shards[-1] and size + nbytes > BIG_SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += nbytes
+    return shards
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_big(smollm2: Path, cache: Path) -> Path:
+    """The scale model's folder under ``cache/models``, built once and reused.
+
+    Keyed by what makes its bytes (shape, seed, init, format, the tokenizer files): a run with the same key
+    reuses the folder.  Built into a temporary folder beside it (named with the builder's PID) and renamed in
+    one step after the marker file is written, so a build that fails or is killed is never reused; its
+    leftovers are removed by the next build once that PID is gone."""
+    config = big_config(smollm2)
+    copied = [name for name in BIG_COPIED if (smollm2 / name).is_file()]
+    key_source = {
+        "config": config,
+        "seed": BIG_SEED,
+        "std": BIG_STD,
+        "format": BIG_FORMAT,
+        "shard_bytes": BIG_SHARD_BYTES,
+        "files": {name: _digest(smollm2 / name) for name in copied},
+    }
+    key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:12]
+    target = cache / "models" / f"ndif-scale-{key}"
+    if (target / BIG_MARKER).is_file():
+        log(f"scale model: reusing {target}")
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f"{target.name}.tmp-*"):
+        owner = stale.name.split(".tmp-", 1)[1].split("-", 1)[0]
+        if not owner.isdigit() or not alive(int(owner)):
+            log(f"scale model: removing an unfinished build {stale}")
+            shutil.rmtree(stale, ignore_errors=True)
+    if target.exists():  # only a folder with the marker is complete (the rename is atomic): never here
+        shutil.rmtree(target, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache should look like any other folder
+    started = time.monotonic()
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name in copied:
+            shutil.copyfile(smollm2 / name, tmp / name)
+        tensors = big_tensors(config)
+        params = sum(math.prod(shape) for _, shape in tensors)
+        log(f"scale model: writing {params:,} parameters ({params * 4 / 1e9:.2f} GB float32) to {tmp}")
+        shards = _shards(tensors)
+        weight_map: dict[str, str] = {}
+        for index, shard in enumerate(shards, start=1):
+            name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+            write_safetensors(tmp / name, shard)
+            weight_map.update({tensor: name for tensor, _ in shard})
+        index_file = {"metadata": {"total_size": params * 4, "total_parameters": params}, "weight_map": weight_map}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2) + "\n")
+        marker = {"params": params, "weights_bytes": params * 4, "shape": BIG_SHAPE, **key_source}
+        marker.pop("config")
+        (tmp / BIG_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / BIG_MARKER).is_file():  # another build finished first: keep that one
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"scale model: built {target} in {time.monotonic() - started:.1f} s")
+    return target
 
 
 def prepare_models(state: Path, with_smollm2: bool) -> dict[str, dict[str, Any]]:
