@@ -65,6 +65,7 @@ _LAZY = {
     "resolve": "run.api",
     "Plan": "compiler.plan",
     "load_model": "models.loading",
+    "load_lazy": "models.loading",
     "tune": "compare.tune",
     "TuneResult": "compare.tune",
 }
@@ -103,7 +104,7 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is not None:
         value = getattr(importlib.import_module(f".{module}", __name__), name)
-        return public(value) if name in ("load_model", "resolve", "tune") else value
+        return public(value) if name in ("load_model", "load_lazy", "resolve", "tune") else value
     moved = _MOVED.get(name)
     if moved is not None:
         warnings.warn(
@@ -148,6 +149,7 @@ __all__ = [
     "expand",
     "install",
     "load",
+    "load_lazy",
     "load_model",
     "parse",
     "parse_file",

@@ -248,8 +248,9 @@ def collect_session(
     """The results of ``job`` (sent by :func:`submit_session` for this same ``work``, planned again from the
     same specs and inputs), or None while it is still running; ``wait``: seconds to keep polling (None: until
     done)."""
-    from constraintdsl.models.ndif import NdifBackend
+    from constraintdsl.models.ndif import NdifBackend, check_versions
 
+    check_versions(job.host)  # a result pickled by another nnsight would not load here
     backend = NdifBackend(job.model_key, job.host, blocking=False, job_id=job.job_id, progress=progress)
     started = time.perf_counter()
     while True:

@@ -510,6 +510,7 @@ def fetch(
     """The results of a job sent with :func:`submit`, or None while it is still running.
 
     ``wait``: seconds to keep polling (None: until done); ``model`` decodes the ids (its tokenizer)."""
+    ndif.check_versions(job.host)  # a result pickled by another nnsight would not load here
     backend = ndif.NdifBackend(job.model_key, job.host, blocking=False, job_id=job.job_id, progress=progress)
     started = time.perf_counter()
     while True:

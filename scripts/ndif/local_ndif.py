@@ -3,10 +3,10 @@
 
 Usage (from the repository root, with the project's virtualenv)::
 
-    .venv/bin/python scripts/ndif/local_ndif.py test [PYTEST ARGS]   # up, run tests/remote, down (always)
-    .venv/bin/python scripts/ndif/local_ndif.py up                   # start and deploy; prints the host
-    .venv/bin/python scripts/ndif/local_ndif.py down STATE_DIR       # stop what `up` started
-    .venv/bin/python scripts/ndif/local_ndif.py setup                # (re)create the server virtualenv only
+    .venv/bin/python scripts/ndif/local_ndif.py test [--big] [PYTEST ARGS]  # up, run tests/remote, down (always)
+    .venv/bin/python scripts/ndif/local_ndif.py up [--big]                  # start and deploy; prints the host
+    .venv/bin/python scripts/ndif/local_ndif.py down STATE_DIR              # stop what `up` started
+    .venv/bin/python scripts/ndif/local_ndif.py setup                       # (re)create the server virtualenv only
 
 What runs, every process bound to 127.0.0.1 on ports picked free at start, every PID recorded in
 ``STATE_DIR/pids.json`` and stopped by PID (its process group) on the way out, also when tests fail:
@@ -32,6 +32,14 @@ Two models are deployed: a tiny random Llama saved to ``STATE_DIR/tiny`` (from t
 embedded SmolLM2 (its converted safetensors folder from constraintdsl.models).  Client and server share
 the disk, so a folder path is the model id.  The tests find the server through ``CDSL_NDIF_HOST`` /
 ``--ndif-host`` and the two folders through ``CDSL_NDIF_TINY`` and ``CDSL_NDIF_SMOLLM2``.
+
+With ``--big`` (``make test-ndif`` gives it) a third model is deployed: the scale model, SmolLM2's
+architecture and tokenizer at 1,134,630,912 parameters (8.4x SmolLM2-135M; hidden 2048, 17 layers,
+intermediate 8192, 32 heads, 8 KV heads, tied embeddings), random float32 weights (4.54 GB), written once
+tensor by tensor into ``<constraintdsl cache>/models/ndif-scale-<key>`` (about a minute, under 1 GB of
+memory) and reused while its key (shape, seed, tokenizer files) is unchanged.  The fake GPU then advertises
+16 GB instead of 8 (see :func:`capacity`), ``CDSL_NDIF_BIG`` names the folder, and
+tests/remote/test_scale_remote.py runs; without ``--big`` that file is left out.
 
 This script installs nothing system-wide: ``.ci/run`` installs Debian's ``redis-server`` when it is missing.
 """
@@ -85,6 +93,8 @@ READY_TIMEOUT = float(os.environ.get("NDIF_READY_TIMEOUT", "240"))
 STOP_TIMEOUT = 45.0
 VICTIMS = 2  # spare API fronts: tests/remote/test_server_stopped.py stops one with SIGTERM, one with SIGKILL
 APP = "ndif.services.api.app:app"
+SCALE_TESTS = "tests/remote/test_scale_remote.py"  # need the scale model: run only with --big
+BIG_HELP = "also deploy the scale model (1.13B parameters, float32; built once into the cache, ~4.5 GB)"
 
 
 def log(message: str) -> None:
@@ -267,8 +277,24 @@ def server_env(bin_dir: Path, extra: dict[str, str]) -> dict[str, str]:
     }
 
 
-def start_stack(stack: Stack) -> str:
-    """Start Redis, moto, Ray, the controller and the API; returns the API's URL."""
+def capacity(big: bool) -> dict[str, float]:
+    """What the Ray head advertises: the fake GPU's memory, the CPU cache budget and logical CPUs.
+
+    ndif places a replica of ``size_bytes`` on a GPU with ``size × (1 + 0.15) + 500 MiB`` free (its default
+    padding).  tiny + SmolLM2 take about 1.7 GB of the default 8 GB; the scale model adds about 5.7 GB (7.4 GB
+    in all, too close), so with it the GPU and the cache advertise 16 GB.  One logical CPU per model actor and
+    one for the controller, plus one spare."""
+    return {"memory": 16e9 if big else 8e9, "cpus": 5 if big else 4}
+
+
+def padded(size_bytes: int) -> int:
+    """The room ndif 0.1.2 reserves for a replica (its default padding factor and bias)."""
+    return math.ceil(size_bytes * 1.15 + 500 * 1024 * 1024)
+
+
+def start_stack(stack: Stack, big: bool = False) -> str:
+    """Start Redis, moto, Ray, the controller and the API; returns the API's URL.  ``big``: room for the
+    scale model (:func:`capacity`)."""
     bin_dir = stack.bin_dir
     ports = {name: free_port() for name in ("redis", "s3", "gcs", "client", "api")}
     ray_ports = {
@@ -331,12 +357,14 @@ def start_stack(stack: Stack) -> str:
     pid = stack.start("moto", [str(bin_dir / "moto_server"), "-H", LOOPBACK, "-p", str(ports["s3"])], env)
     wait_port(ports["s3"], 30, "moto_server", pid)
 
-    resources = json.dumps({"head": 10, "cuda_memory_bytes": 8e9, "cpu_memory_bytes": 8e9})
+    room = capacity(big)
+    stack.info["capacity"] = room
+    resources = json.dumps({"head": 10, "cuda_memory_bytes": room["memory"], "cpu_memory_bytes": room["memory"]})
     ray_argv = [
         str(bin_dir / "ray"), "start", "--head", "--block",
         f"--node-ip-address={LOOPBACK}", f"--port={ports['gcs']}",
         f"--ray-client-server-port={ports['client']}",
-        "--num-cpus=4", "--num-gpus=1", f"--resources={resources}",
+        f"--num-cpus={room['cpus']:g}", "--num-gpus=1", f"--resources={resources}",
         # ndif's controller lists nodes through Ray's state API, which the dashboard serves
         "--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={free_port()}",
         "--disable-usage-stats",
@@ -565,9 +593,10 @@ def build_big(smollm2: Path, cache: Path) -> Path:
     return target
 
 
-def prepare_models(state: Path, with_smollm2: bool) -> dict[str, dict[str, Any]]:
-    """Save the tiny model, find SmolLM2's folder, and compute each model key exactly as the client will
-    (this runs in the project's virtualenv).  Returns ``{name: {folder, model_key, size_bytes}}``."""
+def prepare_models(state: Path, with_smollm2: bool, with_big: bool = False) -> dict[str, dict[str, Any]]:
+    """Save the tiny model, find SmolLM2's folder, build (or reuse) the scale model, and compute each model
+    key exactly as the client will (this runs in the project's virtualenv).  Returns ``{name: {folder,
+    model_key, size_bytes}}``; the scale model's entry also has ``params`` and ``weights_bytes``."""
     sys.path.insert(0, str(REPO))
     import nnsight.modeling.huggingface as hf
     from nnsight import TransformersModel
@@ -580,16 +609,24 @@ def prepare_models(state: Path, with_smollm2: bool) -> dict[str, dict[str, Any]]
         tiny_hf("llama").save_pretrained(tiny)
         tiny_tokenizer().save_pretrained(tiny)
     folders = {"tiny": tiny}
-    if with_smollm2:
-        from constraintdsl.models.loading import _embedded_folder
+    if with_smollm2 or with_big:
+        from constraintdsl.models.loading import _embedded_folder, cache_dir
 
-        folders["smollm2"] = _embedded_folder()[0]
+        smollm2 = _embedded_folder()[0]
+        if with_smollm2:
+            folders["smollm2"] = smollm2
+        if with_big:
+            folders["big"] = build_big(smollm2, cache_dir())
     for name, folder in folders.items():
         path = str(Path(folder).resolve())
         hf._ID_CACHE[path] = path
         key = TransformersModel(path, task="text-generation").to_model_key()
         size = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
         models[name] = {"folder": path, "model_key": key, "size_bytes": int(size)}
+        marker = Path(path) / BIG_MARKER
+        if marker.is_file():
+            made = json.loads(marker.read_text())
+            models[name].update(params=made["params"], weights_bytes=made["weights_bytes"])
     return models
 
 
@@ -606,6 +643,10 @@ def deploy(stack: Stack, models: dict[str, dict[str, Any]]) -> None:
             "    pinned: true",
             "    actor_class: cpu_actor.CPUModelActor",
         ]
+    room = stack.info.get("capacity", capacity(False))["memory"]
+    need = sum(padded(spec["size_bytes"]) for spec in models.values())
+    if need > room:
+        raise RuntimeError(f"the models need {need / 1e9:.2f} GB of the fake GPU's {room / 1e9:.2f} GB; see capacity()")
     config = stack.state / "models.yaml"
     config.write_text("\n".join(lines) + "\n")
     env = {**server_env(stack.bin_dir, {}), **stack.info["env"]}
@@ -637,15 +678,16 @@ def deploy(stack: Stack, models: dict[str, dict[str, Any]]) -> None:
     raise RuntimeError(f"models not RUNNING within {READY_TIMEOUT:.0f} s; see {stack.logs}")
 
 
-def up(state: Path, with_smollm2: bool = True) -> dict[str, Any]:
-    """Start a local NDIF with the models deployed; on any failure stop what was started and re-raise."""
+def up(state: Path, with_smollm2: bool = True, with_big: bool = False) -> dict[str, Any]:
+    """Start a local NDIF with the models deployed (``with_big``: the scale model too); on any failure stop
+    what was started and re-raise."""
     bin_dir = setup_venv()
     stack = Stack(state, bin_dir)
     try:
         started = time.monotonic()
-        host = start_stack(stack)
+        host = start_stack(stack, with_big)
         victims = start_victims(stack, VICTIMS)  # they boot while the models deploy
-        models = prepare_models(state, with_smollm2)
+        models = prepare_models(state, with_smollm2, with_big)
         stack.info["models"] = models
         stack.save()
         deploy(stack, models)
@@ -662,8 +704,9 @@ def up(state: Path, with_smollm2: bool = True) -> dict[str, Any]:
         raise
 
 
-def run_tests(pytest_args: list[str], with_smollm2: bool) -> int:
-    """Up, ``pytest tests/remote`` against it, down — down also when anything fails.
+def run_tests(pytest_args: list[str], with_smollm2: bool, with_big: bool = False) -> int:
+    """Up, ``pytest tests/remote`` against it, down — down also when anything fails.  Without ``with_big`` the
+    scale tests (tests/remote/test_scale_remote.py, which need the scale model) are left out.
 
     A skipped test fails the run (``--ndif-no-skips``): against a server that is up, every remote test must
     run, so a wrong model variable cannot turn the suite into skips that pass.  No test run (pytest's exit
@@ -672,10 +715,15 @@ def run_tests(pytest_args: list[str], with_smollm2: bool) -> int:
     started = time.monotonic()
     code = 1
     try:
-        info = up(state, with_smollm2)
+        info = up(state, with_smollm2, with_big)
         env = {**os.environ, "CDSL_NDIF_HOST": info["host"], "CDSL_NDIF_TINY": info["models"]["tiny"]["folder"]}
         if "smollm2" in info["models"]:
             env["CDSL_NDIF_SMOLLM2"] = info["models"]["smollm2"]["folder"]
+        scale = []
+        if "big" in info["models"]:
+            env["CDSL_NDIF_BIG"] = info["models"]["big"]["folder"]
+        else:
+            scale = [f"--ignore={SCALE_TESTS}"]
         env["HF_HUB_OFFLINE"] = "1"
         victims = [
             arg
@@ -686,7 +734,7 @@ def run_tests(pytest_args: list[str], with_smollm2: bool) -> int:
         code = subprocess.run(
             [
                 sys.executable, "-m", "pytest", "tests/remote", "--ndif-host", info["host"], "--ndif-no-skips",
-                *victims, *pytest_args,
+                *victims, *scale, *pytest_args,
             ],
             env=env, cwd=REPO, check=False,
         ).returncode  # fmt: skip
@@ -714,10 +762,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("setup", help="create the server virtualenv")
     p_up = sub.add_parser("up", help="start a local NDIF and deploy the models; prints JSON with the host")
     p_up.add_argument("--no-smollm2", action="store_true", help="deploy only the tiny model")
+    p_up.add_argument("--big", action="store_true", help=BIG_HELP)
     p_down = sub.add_parser("down", help="stop the processes recorded in STATE/pids.json")
     p_down.add_argument("state", type=Path)
     p_test = sub.add_parser("test", help="up, run tests/remote, down")
     p_test.add_argument("--no-smollm2", action="store_true", help="deploy only the tiny model")
+    p_test.add_argument("--big", action="store_true", help=BIG_HELP)
     args, rest = parser.parse_known_args(argv)
     # a SIGTERM (make interrupted, CI cancelled, `timeout`) unwinds like Ctrl-C, so the `finally` stops the server
     signal.signal(signal.SIGTERM, _terminate)
@@ -726,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "up":
         state = Path(tempfile.mkdtemp(prefix="cdsl-ndif-"))
-        info = up(state, not args.no_smollm2)
+        info = up(state, not args.no_smollm2, args.big)
         shown = {"host": info["host"], "state": str(state), "models": info["models"], "victims": info["victims"]}
         print(json.dumps(shown, indent=2))
         return 0
@@ -734,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_all(args.state)
         return 0
     try:
-        return run_tests(rest, not args.no_smollm2)
+        return run_tests(rest, not args.no_smollm2, args.big)
     except KeyboardInterrupt:
         log("interrupted; every process it started has been stopped")
         return 130

@@ -117,3 +117,10 @@ def smollm2(ndif_host: str) -> Any:
     if Path(model.repo_id).resolve() != folder.resolve():
         pytest.skip("the deployed SmolLM2 folder is not this checkout's embedded model")
     return model
+
+
+@pytest.fixture(scope="session")
+def big_folder(ndif_host: str) -> Path:
+    """The folder of the scale model the server hosts (``local_ndif.py --big``: 1.13B parameters, float32,
+    4.54 GB); never loaded in this process."""
+    return _folder("CDSL_NDIF_BIG")
