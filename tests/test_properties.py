@@ -233,3 +233,42 @@ def test_random_text_raises_only_spec_errors_in_either_form(source: str) -> None
         }
     else:
         assert not diags and spec.version == 1
+
+
+@st.composite
+def ranged(draw: Any) -> tuple[str, float, float, str]:
+    """A spec text with one continuous let (``let x = lo .. hi``) used by a steer, and its ends and unit."""
+    lo, hi = sorted(draw(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=2, max_size=2)))
+    if lo == hi:
+        hi = lo + 1.0
+    unit = draw(st.sampled_from(["", " raw", " sd"]))
+    text = (
+        'version 1\nconcept c from file "c.safetensors"\n'
+        f"let x = {lo!r}{unit} .. {hi!r}{unit}\nsteer c by $x at layers 1-2\n"
+    )
+    return text, lo, hi, unit.strip() or "calibrated"
+
+
+@FAST
+@given(ranged(), st.floats(0, 1))
+def test_a_continuous_let_round_trips_and_any_point_of_its_range_binds_to_a_spec_that_round_trips(
+    case: tuple[str, float, float, str], where: float
+) -> None:
+    from constraintdsl.lang.validate import assemble
+    from constraintdsl.lang.variants import bind, continuous
+
+    text, lo, hi, unit = case
+    spec = parse(text, "r.cdsl")
+    (let,) = continuous(spec)
+    assert let.range is not None and (let.range[0].number, let.range[1].number) == (lo, hi)
+    assert let.range[0].unit.value == let.range[1].unit.value == unit
+    assert parse(spec.to_dsl(), "r.cdsl") == spec
+    yaml_text = spec.to_yaml()
+    header, statements, diags = parse_yaml(yaml_text, "twin.yaml")
+    assert assemble(header, statements, [], diags, "twin.yaml", yaml_text) == spec
+    point = min(max(lo + (hi - lo) * where, lo), hi)
+    bound = bind(spec, {"x": Value(point, let.range[0].unit)})
+    assert not bound.lets and not continuous(bound)
+    (steer,) = bound.constraints
+    assert isinstance(steer, Steer) and isinstance(steer.by, Value) and steer.by.number == point
+    assert parse(bound.to_dsl(), "r.cdsl") == bound

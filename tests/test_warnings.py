@@ -108,6 +108,15 @@ def test_warnings_shared_by_every_variant_appear_once_and_the_others_name_their_
     assert merged[2].message.startswith("`ablate a` pins")  # every variant has it: said once, as it is
 
 
+def test_a_warning_at_one_end_of_a_range_names_that_end_not_a_variant(model: Any) -> None:
+    spec = cdsl.parse(HEAD + "let k = 1 .. 3\nsteer a by $k at layers 0-2\n", "r.cdsl")
+    per = []
+    for v in expand(ends_as_values(spec)):
+        per.append((v.name, cdsl.compile(v.spec, model, concepts={"a": between()}).warnings))
+    (merged,) = merge_variant_warnings(per, ends=True)
+    assert merged.message.startswith("at the range end k=3: `steer a by 3 at layers 0-2`"), merged.message
+
+
 def test_warnings_render_with_the_one_renderer_and_as_json(model: Any) -> None:
     text = HEAD + "steer a by 2 at layers 0-1\n"
     plan: Plan = cdsl.compile(cdsl.parse(text, "r.cdsl"), model, concepts={"a": artifact(layers=LAYERS)})

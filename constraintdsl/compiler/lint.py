@@ -23,10 +23,13 @@ from constraintdsl.lang.spec import Spec
 __all__ = ["merge_variant_warnings", "spec_warnings"]
 
 
-def merge_variant_warnings(per_variant: Sequence[tuple[str, Sequence[Diagnostic]]]) -> list[Diagnostic]:
+def merge_variant_warnings(
+    per_variant: Sequence[tuple[str, Sequence[Diagnostic]]], *, ends: bool = False
+) -> list[Diagnostic]:
     """One list of warnings for a spec's variants (``(variant name, warnings)``; a spec without lets is one
     variant named ""): a warning every variant shares appears once as it is; one that only some variants
-    have says which (``in variant floor=2: …``)."""
+    have says which (``in variant floor=2: …``; with ``ends``, the variants are the ends of continuous lets:
+    ``at the range end floor=3: …``)."""
     names = [name for name, _ in per_variant]
     seen: dict[tuple[Any, str, str | None], list[str]] = {}
     order: list[Diagnostic] = []
@@ -43,8 +46,11 @@ def merge_variant_warnings(per_variant: Sequence[tuple[str, Sequence[Diagnostic]
         if len(which) == len(names) or not any(which):
             out.append(d)
         else:
-            label = "variant" if len(which) == 1 else "variants"
-            out.append(replace(d, message=f"in {label} {', '.join(which)}: {d.message}"))
+            if ends:
+                label = "at the range end" if len(which) == 1 else "at the range ends"
+            else:
+                label = "in variant" if len(which) == 1 else "in variants"
+            out.append(replace(d, message=f"{label} {', '.join(which)}: {d.message}"))
     return sorted(out, key=lambda d: (d.span.path, d.span.line, d.span.col))
 
 
@@ -121,4 +127,5 @@ def spec_warnings(spec: Spec) -> list[Diagnostic]:
             per_variant.append((variant.name, []))
             continue
         per_variant.append((variant.name, plan.warnings))
-    return merge_variant_warnings(per_variant)
+    # a spec whose lets are all ranges: its "variants" here are the ranges' ends, and say so
+    return merge_variant_warnings(per_variant, ends=bool(spec.lets) and all(let.range for let in spec.lets))
