@@ -1,9 +1,11 @@
 """Remote cost on NDIF: request and response bytes and wall time per request, for 1 and for 8 variants
-of a spec over 4 prompts in ONE request, next to the same generation run locally.
+of a spec over 4 prompts in ONE request, next to the same generation run locally; how many requests a
+demo-size comparison takes; and what a client that never reads the weights costs at scale.
 
-Needs a server with the models deployed (``scripts/ndif/local_ndif.py up`` prints the host)::
+Needs a server with the models deployed (``scripts/ndif/local_ndif.py up --big`` prints the host and the
+scale model's folder)::
 
-    .venv/bin/python benchmarks/remote.py --host http://127.0.0.1:PORT [--tiny FOLDER] [--repeats 3]
+    .venv/bin/python benchmarks/remote.py --host http://127.0.0.1:PORT [--tiny FOLDER] [--big FOLDER] [--repeats 3]
 
 ``--host`` defaults to ``CDSL_NDIF_HOST``; ``--tiny`` (default ``CDSL_NDIF_TINY``) adds the tiny model's
 rows, which show that the response does not grow with the hidden size (32 there, 576 for SmolLM2).
@@ -12,8 +14,20 @@ imports), then ``--repeats`` rounds interleave them — 1 then 8 variants, then 
 and then remotely, so a change in the machine's load touches both sizes alike.  Figures are medians over the
 rounds.  Prints a table, then as its last line one JSON object for SmolLM2: ``request_bytes_1``,
 ``response_bytes_1``, ``request_bytes_8``, ``response_bytes_8``, ``time_ratio_8_vs_1`` (remote seconds for 8
-variants over seconds for 1) and ``local_ratio_8_vs_1`` (the same generation run locally; on a CPU server the
-remote ratio tracks it, since the server computes on the same kind of machine).
+variants over seconds for 1), ``local_ratio_8_vs_1`` (the same generation run locally; on a CPU server the
+remote ratio tracks it, since the server computes on the same kind of machine) and ``remote_over_local_8``
+(remote seconds over local seconds for the 8 variants: what the round trip and the server add).
+
+``requests_per_compare``: the demo's comparison (``constraintdsl/cli/demo.py``'s ``COMPARE``: the
+sentiment-floor sweep and the refusal cap, the sentiment A/B set, the first 8 shipped prompts, 24 new tokens,
+2048 corpus tokens) sent with ``compare(..., remote=host)`` from SmolLM2 read without its weights:
+``Comparison.requests`` (one request: one nnsight session), with ``compare_remote_s``.
+
+``--big`` (default ``CDSL_NDIF_BIG``; the scale model ``local_ndif.py --big`` deploys, 1.13B parameters in
+float32): ``concept build``, ``explain``, ``run`` and ``compare`` on it, each from a fresh client process spied
+as in tests/remote/test_scale_remote.py; ``client_peak_rss_mb`` is the largest peak RSS of the four,
+``weights_mb`` the weights' size, ``client_rss_over_weights`` their ratio (the target: under 0.25) and
+``client_weight_reads`` how many weight files the clients opened (the target: 0).
 """
 
 from __future__ import annotations
@@ -98,6 +112,7 @@ def main() -> int:
     parser.add_argument("--tiny", default=os.environ.get("CDSL_NDIF_TINY"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--big", default=os.environ.get("CDSL_NDIF_BIG"), help="the scale model's folder")
     args = parser.parse_args()
     if not args.host:
         parser.error("give --host URL (or CDSL_NDIF_HOST); scripts/ndif/local_ndif.py up starts a local NDIF")
@@ -138,6 +153,7 @@ def main() -> int:
                 "response_bytes_8": runs[8]["response_bytes"],
                 "time_ratio_8_vs_1": round(runs[8]["remote_s"] / runs[1]["remote_s"], 3),
                 "local_ratio_8_vs_1": round(runs[8]["local_s"] / runs[1]["local_s"], 3),
+                "remote_over_local_8": round(runs[8]["remote_s"] / runs[8]["local_s"], 3),
                 "tokens": args.tokens,
                 "host": args.host,
             }
@@ -151,8 +167,66 @@ def main() -> int:
         f"(after a warm-up, median of {args.repeats} interleaved rounds; {args.tokens} new tokens, greedy; "
         "remote = one request per row)"
     )
+    demo = demo_compare(args.host)
+    print(
+        f"demo comparison (SmolLM2 without its weights, remote): {demo['requests_per_compare']} request(s), "
+        f"{demo['compare_remote_s']:.1f} s; forward passes {demo['passes']}"
+    )
+    summary.update(requests_per_compare=demo["requests_per_compare"], compare_remote_s=demo["compare_remote_s"])
+    if args.big:
+        summary.update(client_at_scale(Path(args.big), args.host))
     print(json.dumps(summary))
     return 0
+
+
+def demo_compare(host: str) -> dict[str, Any]:
+    """The demo's comparison sent with ``compare(..., remote=host)`` from SmolLM2 read without its weights."""
+    from constraintdsl.cli.compare import shipped
+    from constraintdsl.cli.run import read_prompts
+    from constraintdsl.compare.ab import load_ab
+    from constraintdsl.compare.comparison import Inputs, compare, corpus_windows, read_corpus
+    from constraintdsl.lang.loading import load
+    from constraintdsl.models.loading import load_lazy
+
+    model = load_lazy("smollm2")
+    specs = [load(str(REPO / "specs" / "examples" / f"{name}.cdsl")) for name in ("sentiment-sweep", "refusal-cap")]
+    prompts = tuple(read_prompts(str(shipped("prompts")))[:8])  # --limit 8
+    windows, total = corpus_windows(model.tokenizer, read_corpus(str(shipped("corpus"))), window=128, max_tokens=2048)
+    ab = load_ab(str(REPO / "specs" / "data" / "ab" / "sentiment.yaml"))
+    inputs = Inputs(prompts, windows, total, ab=ab, max_new_tokens=24)
+    started = time.perf_counter()
+    result = compare(model, specs, inputs, remote=host)
+    seconds = time.perf_counter() - started
+    return {"requests_per_compare": result.requests, "compare_remote_s": round(seconds, 1), "passes": result.passes}
+
+
+def client_at_scale(big: Path, host: str) -> dict[str, Any]:
+    """The scale model's four client commands, spied as in tests/remote/test_scale_remote.py: the clients'
+    largest peak RSS against the weights' size, and the weight files they opened (none expected)."""
+    import tempfile
+
+    from tests.remote.test_scale_remote import scale_session, weights_bytes
+
+    size = weights_bytes(big)
+    with tempfile.TemporaryDirectory(prefix="cdsl-scale-bench-") as tmp:
+        runs = scale_session(big, host, Path(tmp))
+    for run in runs.values():
+        print(run.summary(size))
+    failed = [f"{run.command} (exit {run.code})" for run in runs.values() if run.code != 0]
+    if failed:
+        raise SystemExit(
+            f"at scale: {', '.join(failed)} failed:\n"
+            + next(run.failure(size) for run in runs.values() if run.code != 0)
+        )
+    peak = max(run.peak_rss_bytes for run in runs.values())
+    return {
+        "client_peak_rss_mb": round(peak / 1e6, 1),
+        "client_peak_rss_mb_by_command": {verb: round(run.peak_rss_bytes / 1e6, 1) for verb, run in runs.items()},
+        "weights_mb": round(size / 1e6, 1),
+        "client_rss_over_weights": round(peak / size, 4),
+        "client_weight_reads": sum(len(run.weight_reads(big)) for run in runs.values()),
+        "scale_requests_per_compare": json.loads(runs["compare"].stdout)["requests"],
+    }
 
 
 if __name__ == "__main__":

@@ -93,3 +93,27 @@ def test_the_cli_builds_remotely_into_the_same_cache_entry_a_local_build_reuses(
     posted = sent.posted
     assert main(args) == 0  # the local build finds the remote one under the same content key
     assert "reused from cache" in capsys.readouterr().out and sent.posted == posted
+
+
+def test_a_spec_compiled_for_a_model_without_weights_extracts_its_pairs_on_the_server(
+    tiny_model: Any,
+    tiny_folder: Path,
+    ndif_host: str,
+    pairs_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import constraintdsl as cdsl
+    from constraintdsl.models.loading import is_lazy
+
+    monkeypatch.setenv("CONSTRAINTDSL_CACHE", str(tmp_path / "cache"))  # nothing cached: the concept is built
+    spec = pairs_file.parent / "s.cdsl"
+    spec.write_text(f'version 1\nconcept tone from pairs "{pairs_file.name}"\nclamp tone >= 0.3 at layers 1-2\n')
+    lazy = cdsl.load_lazy(str(tiny_folder))
+    sent = Requests(monkeypatch)
+    far = cdsl.compile(str(spec), lazy, remote=ndif_host, progress=False)
+    assert sent.posted >= 2 and is_lazy(lazy)  # extracted by requests; no weights here
+    monkeypatch.setenv("CONSTRAINTDSL_CACHE", str(tmp_path / "local-cache"))
+    near = cdsl.compile(str(spec), tiny_model, progress=False)
+    # the same cache key and the same raw bounds per layer: the same concept
+    assert far.explain() == near.explain().replace(str(tmp_path / "local-cache"), str(tmp_path / "cache"))
