@@ -48,6 +48,8 @@ clean:
 # virtualenv (built once under $HOME/.cache/constraintdsl/ndif-venv, or $NDIF_VENV; a few minutes).
 # Needs redis-server (Debian: apt-get install -y redis-server; .ci/run installs it when missing).
 # Every process it starts is stopped by PID, also when tests fail or it gets SIGINT/SIGTERM.
+# --big also deploys the scale model (1.13B parameters, float32: built once into the cache, 4.5 GB of disk,
+# about a minute) for tests/remote/test_scale_remote.py: clients that never read its weights.
 .PHONY: test-ndif
 test-ndif: $(STAMP)
-	$(PY) scripts/ndif/local_ndif.py test
+	$(PY) scripts/ndif/local_ndif.py test --big

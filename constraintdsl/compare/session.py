@@ -248,18 +248,12 @@ def collect_session(
     """The results of ``job`` (sent by :func:`submit_session` for this same ``work``, planned again from the
     same specs and inputs), or None while it is still running; ``wait``: seconds to keep polling (None: until
     done)."""
-    from constraintdsl.models.ndif import NdifBackend, check_versions
+    from constraintdsl.models.ndif import collect
 
-    check_versions(job.host)  # a result pickled by another nnsight would not load here
-    backend = NdifBackend(job.model_key, job.host, blocking=False, job_id=job.job_id, progress=progress)
     started = time.perf_counter()
-    while True:
-        result = backend.poll()
-        if result is not None:
-            break
-        if wait is not None and time.perf_counter() - started >= wait:
-            return None
-        time.sleep(0.25)
+    result = collect(job.host, job.model_key, job.job_id, wait=wait, progress=progress)
+    if result is None:
+        return None
     return _results(model, work, result["out"], time.perf_counter() - started)
 
 

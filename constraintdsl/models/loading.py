@@ -396,6 +396,22 @@ def _quiet_tokenizer(make: Callable[[], Any]) -> Any:
         return None
 
 
+def _source(name_or_path: str) -> tuple[str, str, str, bool]:
+    """Where a model's files are (a folder or a hub id), its id and revision, and whether only the local
+    Hugging Face cache may be used; the embedded model is converted first, once."""
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"a model name is a str, not {type(name_or_path).__name__}")
+    if name_or_path == DEFAULT_MODEL:
+        folder, revision = _embedded_folder()
+        return str(folder), DEFAULT_MODEL, revision, False
+    local = _local_folder(name_or_path)
+    if local is not None:
+        arch_sites(_read_config(local))
+        return str(local), str(local), _local_revision(local), False
+    local_only = _check_loadable(name_or_path)
+    return name_or_path, name_or_path, _hub_revision(name_or_path), local_only
+
+
 def load_hf(
     name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -406,21 +422,8 @@ def load_hf(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not isinstance(name_or_path, str):
-        raise TypeError(f"a model name is a str, not {type(name_or_path).__name__}")
     torch_dtype = _torch_dtype(dtype)
-    local_only = False
-    if name_or_path == DEFAULT_MODEL:
-        folder, revision = _embedded_folder()
-        source, model_id = str(folder), DEFAULT_MODEL
-    else:
-        local = _local_folder(name_or_path)
-        if local is not None:
-            arch_sites(_read_config(local))
-            source, model_id, revision = str(local), str(local), _local_revision(local)
-        else:
-            local_only = _check_loadable(name_or_path)
-            source, model_id, revision = name_or_path, name_or_path, _hub_revision(name_or_path)
+    source, model_id, revision, local_only = _source(name_or_path)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
@@ -506,21 +509,8 @@ def load_lazy(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32") -> T
     from nnsight import TransformersModel
     from transformers import AutoTokenizer
 
-    if not isinstance(name_or_path, str):
-        raise TypeError(f"a model name is a str, not {type(name_or_path).__name__}")
     torch_dtype = _torch_dtype(dtype)
-    local_only = False
-    if name_or_path == DEFAULT_MODEL:
-        folder, revision = _embedded_folder()
-        source, model_id = str(folder), DEFAULT_MODEL
-    else:
-        local = _local_folder(name_or_path)
-        if local is not None:
-            arch_sites(_read_config(local))
-            source, model_id, revision = str(local), str(local), _local_revision(local)
-        else:
-            local_only = _check_loadable(name_or_path)
-            source, model_id, revision = name_or_path, name_or_path, _hub_revision(name_or_path)
+    source, model_id, revision, local_only = _source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as exc:

@@ -44,6 +44,7 @@ __all__ = [
     "check_payloads",
     "check_versions",
     "client_nnsight_version",
+    "collect",
     "hosted_models",
     "parse_status",
     "register_runtime",
@@ -698,3 +699,20 @@ def backend_for(
         timeout=timeout,
         progress=progress,
     )
+
+
+def collect(
+    host: str, key: str, job_id: str, *, wait: float | None = 0.0, progress: Progress | None = None
+) -> Any | None:
+    """The saved values of request ``job_id`` (sent without waiting to ``host`` for the model ``key``), or None
+    while it still runs; ``wait``: seconds to keep polling (None: until done)."""
+    check_versions(host)  # a result pickled by another nnsight would not load here
+    backend = NdifBackend(key, host, blocking=False, job_id=job_id, progress=progress)
+    started = time.perf_counter()
+    while True:
+        result = backend.poll()
+        if result is not None:
+            return result
+        if wait is not None and time.perf_counter() - started >= wait:
+            return None
+        time.sleep(0.25)

@@ -510,16 +510,10 @@ def fetch(
     """The results of a job sent with :func:`submit`, or None while it is still running.
 
     ``wait``: seconds to keep polling (None: until done); ``model`` decodes the ids (its tokenizer)."""
-    ndif.check_versions(job.host)  # a result pickled by another nnsight would not load here
-    backend = ndif.NdifBackend(job.model_key, job.host, blocking=False, job_id=job.job_id, progress=progress)
     started = time.perf_counter()
-    while True:
-        result = backend.poll()
-        if result is not None:
-            break
-        if wait is not None and time.perf_counter() - started >= wait:
-            return None
-        time.sleep(0.25)
+    result = ndif.collect(job.host, job.model_key, job.job_id, wait=wait, progress=progress)
+    if result is None:
+        return None
     enc = {"input_ids": job.input_ids, "attention_mask": job.attention_mask}
     return _split_generate(model, enc, job.records, result["new_ids"], result["teles"], time.perf_counter() - started)
 

@@ -151,8 +151,18 @@ class ClientRun:
         or of a file object named after one.  Loads from memory (a concept artifact's bytes, nnsight's
         responses through ``torch.load(BytesIO)``) are recorded with their size but are not weight reads: to
         get weights into memory the client would have opened their file first."""
-        inside = str(folder.resolve()) + os.sep
-        return [o for o in self.opened if str(o.get("path") or o.get("name") or "").startswith(inside)]
+        inside = folder.resolve()
+        return [o for o in self.opened if (o.get("path") or o.get("name")) and inside in _resolved(o).parents]
+
+    def files(self) -> list[str]:
+        """The files it opened through the spied calls, each once."""
+        return list(
+            dict.fromkeys(str(o.get("path") or o["name"]) for o in self.opened if o.get("path") or o.get("name"))
+        )
+
+    def loads(self) -> list[int]:
+        """The sizes of what it loaded from memory (artifact bytes, nnsight's responses)."""
+        return [int(o["bytes"]) for o in self.opened if o.get("bytes") is not None and not o.get("name")]
 
     def summary(self, weights_bytes: int) -> str:
         """The measured numbers, for failure messages and the log."""
@@ -161,7 +171,8 @@ class ClientRun:
             f"{self.command}: exit {self.code} in {self.seconds:.1f} s; client peak RSS "
             f"{self.peak_rss_bytes / 1e6:.0f} MB = {share:.1%} of the weights' {weights_bytes / 1e9:.2f} GB "
             f"(limit {RSS_FRACTION:.0%}: {RSS_FRACTION * weights_bytes / 1e6:.0f} MB); requests posted {self.posted}; "
-            f"files spied: {[o.get('path', o) for o in self.opened]}"
+            f"files opened {self.files()}; loads from memory {len(self.loads())} "
+            f"(largest {max(self.loads(), default=0) / 1e6:.1f} MB)"
         )
 
     def failure(self, weights_bytes: int) -> str:
@@ -170,6 +181,10 @@ class ClientRun:
             f"{self.summary(weights_bytes)}\n--- stderr (end) ---\n{self.stderr[-4000:]}\n--- stdout (end) ---\n"
             + (self.stdout[-2000:])
         )
+
+
+def _resolved(opened: Mapping[str, Any]) -> Path:
+    return Path(str(opened.get("path") or opened.get("name"))).resolve()
 
 
 def spied_cdsl(args: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float = TIMEOUT) -> ClientRun:
