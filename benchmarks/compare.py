@@ -7,7 +7,8 @@ Workload (SmolLM2-135M, float32, CPU by default): a sentiment floor swept over `
 and the first ``--corpus-tokens`` tokens of the shipped reference corpus in windows of 128.
 
 - **batched**: ``compare`` itself: the baseline and every variant as invokes of shared passes (the
-  corpus passes, one generation, one readout pass).  Remote, each pass is one NDIF request.
+  corpus passes, one generation, one readout pass).  Remote, the whole comparison is one NDIF request
+  (within ``--request-tokens``; ``benchmarks/remote.py`` counts it against a server), or one per pass.
 - **sequential**: each arm alone (the baseline, then each variant) through the same three passes,
   the way one would run them one spec at a time.  Its wall time is the sum of the per-arm forward
   costs; it needs (1 + variants)× the passes and requests.
@@ -19,7 +20,8 @@ a shared machine other processes only ever add time).  One torch thread by defau
 Passes and requests are **counted on the real code path**, not derived from a formula: a forward pre-hook
 on the model's torch module counts every forward it runs (a generation runs one per new token), and a wrapper
 around the module's ``generate`` counts generations.  A request is one trace or one generation (each is one
-NDIF request with ``--remote``): the forwards outside a generation plus the generations.  ``--ab FILE`` adds
+NDIF request when a remote comparison goes pass by pass): the forwards outside a generation plus the
+generations.  ``--ab FILE`` adds
 an A/B set to both (its passes and requests counted the same way).  The last line printed is one JSON object.
 """
 

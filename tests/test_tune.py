@@ -176,3 +176,18 @@ def test_a_kept_baseline_is_not_run_again_and_changes_no_result(work: Path) -> N
     other = replace(inputs, max_new_tokens=2)
     third = compare(model, [spec], other, marginal=False, baseline=kept)
     assert third.sequences["ab"] == first.sequences["ab"] and kept.key[2] == other.digest()
+
+
+def test_the_crossing_estimate_is_exact_for_a_quadratic_margin_and_stays_inside_the_bracket() -> None:
+    from constraintdsl.compare.tune import _crossing
+
+    def margin(x: float) -> float:
+        return 0.05 - (0.0073 - 0.024 * x + 0.087 * x * x)  # the shape of KL against a floor
+
+    points = [(x, margin(x)) for x in (0.0, 0.75, 1.5, 2.25, 3.0)]
+    root = (0.024 + (0.024**2 + 4 * 0.087 * (0.05 - 0.0073)) ** 0.5) / (2 * 0.087)
+    guess = _crossing(points, 0.75, 1.5)
+    assert guess is not None and abs(guess - root) < 1e-9
+    # margins that no parabola fits inside the bracket fall back to a straight line between its ends
+    assert _crossing([(0.0, 1.0), (1.0, -1.0)], 0.0, 1.0) == 0.5
+    assert _crossing([(0.0, float("-inf")), (1.0, -1.0)], 0.0, 1.0) is None

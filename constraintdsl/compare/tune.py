@@ -13,12 +13,14 @@ A point *meets both* when every budget and target holds there; the answer is the
 (or, when none does, the best point found, reported as such, never as a solution).
 
 Every round evaluates a batch of candidate variants as arms of one
-:func:`~constraintdsl.compare.comparison.compare` (shared forward passes; the baseline's A/B scores are kept from the
-first round). One let: a coarse grid over the whole range first (nothing assumes a monotone
-response), then each round places new points evenly inside the interval between the best point's two evaluated
-neighbours (only towards the neighbour that breaks a constraint when the best point sits at such a frontier), so
-the frontier or an interior optimum is bracketed ever more tightly, until the bracket is narrower than the
-tolerance.
+:func:`~constraintdsl.compare.comparison.compare` (shared forward passes; the baseline's A/B scores are kept from
+the first round). One let: a coarse grid over the whole range first (nothing assumes a monotone response), then
+each round places new points evenly inside the interval between the best point's two evaluated neighbours (only
+towards the neighbour that breaks a constraint when the best point sits at such a frontier), so the frontier or an
+interior optimum is bracketed ever more tightly, until the bracket is narrower than the tolerance. At a frontier
+the new points sit within ± the tolerance of where the measured margins put the crossing (a quadratic through the
+bracket's ends and the nearest other point), as long as that halves the bracket each round; else they are spread
+evenly again.
 Several lets: a coarse grid (3 points per let), then a pattern search: each round tries a step up and down along
 every let from the best point, and halves the steps when none is better.
 """
@@ -30,6 +32,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from constraintdsl.errors import Diagnostic, SpecError, UserError
 from constraintdsl.lang.canonical import format_check, format_number
@@ -62,6 +66,8 @@ class Point:
     tax: dict[str, float] = field(default_factory=dict)
     checks: tuple[CheckResult, ...] = ()
     row: dict[str, Any] = field(default_factory=dict, repr=False)
+    # the goal's tightest constraint's signed margin, relative to its limit: > 0 inside, < 0 broken
+    slack: float = math.inf
 
     def name(self) -> str:
         """``floor=0.75,cap=2``."""
@@ -304,6 +310,7 @@ def tune(
                 tax=dict(row.tax),
                 checks=tuple(results),
                 row=row.to_dict(),
+                slack=min((_slack(c, r) for c, r in cons), default=math.inf),
             )
             seen[xs] = point
             out.append(point)
@@ -316,6 +323,7 @@ def tune(
         return max(points, key=_score) if points else None
 
     number = 0
+    guided_width: float | None = None  # the bracket's width when the last round was placed by the margins
     if len(names) == 1:
         (name,) = names
         lo, hi = ranges[name]
@@ -330,12 +338,27 @@ def tune(
             # at a frontier (one neighbour breaks the goal's constraints, the other side holds) the answer lies
             # between the best point and that neighbour: refine there only, as bisection would
             broken = [x for x in (left, right) if x != here and not seen[(x,)].feasible]
-            if top.feasible and len(broken) == 1:
+            frontier = top.feasible and len(broken) == 1
+            if frontier:
                 left, right = min(here, broken[0]), max(here, broken[0])
             if max(right - here, here - left) <= tol[name]:
                 break
             number += 1
             inner = [left + (right - left) * i / (per_round + 1) for i in range(1, per_round + 1)]
+            # at a frontier, place the round's points around where the measured margins say the crossing is
+            # (within ± the tolerance of it), while that keeps halving the bracket; else spread them evenly
+            width = right - left
+            if frontier and (guided_width is None or width <= guided_width / 2):
+                guess = _crossing([(x, seen[(x,)].slack) for x in xs], here, broken[0])
+                near = (
+                    [guess + tol[name] * (2 * i / (per_round - 1) - 1) for i in range(per_round)]
+                    if guess is not None
+                    else []
+                )
+                near = [x for x in near if left < x < right]
+                if near:
+                    inner = near
+            guided_width = width if frontier else None
             if not run_round([(x,) for x in inner], number):
                 break
     else:
@@ -382,6 +405,35 @@ def _excess(check: Budget | Target, result: CheckResult) -> float:
         return math.inf
     limit = float(check.limit if isinstance(check, Budget) else check.value)
     return abs(result.measured - limit) / max(abs(limit), 1e-9)
+
+
+def _slack(check: Budget | Target, result: CheckResult) -> float:
+    """A check's signed margin relative to its limit: positive when it holds, negative when broken (−∞ when not
+    measured)."""
+    if result.measured is None or not math.isfinite(result.measured):
+        return -math.inf
+    limit = float(check.limit if isinstance(check, Budget) else check.value)
+    upper = isinstance(check, Budget) or check.cmp == "<="
+    return (limit - result.measured if upper else result.measured - limit) / max(abs(limit), 1e-9)
+
+
+def _crossing(points: Sequence[tuple[float, float]], inside: float, outside: float) -> float | None:
+    """Where the margin crosses zero between ``inside`` (margin ≥ 0) and ``outside`` (margin < 0), estimated
+    from the measured ``(value, margin)`` points: a quadratic through the two ends and the evaluated point
+    nearest to them, else a straight line between the ends; None when the margins are not finite."""
+    known = {x: m for x, m in points if math.isfinite(m)}
+    if inside not in known or outside not in known:
+        return None
+    lo, hi = min(inside, outside), max(inside, outside)
+    others = sorted((x for x in known if x not in (inside, outside)), key=lambda x: min(abs(x - lo), abs(x - hi)))
+    if others:
+        xs = [inside, outside, others[0]]
+        a, b, c = np.polyfit(xs, [known[x] for x in xs], 2)
+        roots = [float(r.real) for r in np.roots([a, b, c]) if abs(r.imag) < 1e-12 and lo < r.real < hi]
+        if len(roots) == 1:
+            return roots[0]
+    m_in, m_out = known[inside], known[outside]
+    return inside + (outside - inside) * m_in / (m_in - m_out)
 
 
 def _score(p: Point) -> tuple[int, int, float]:
