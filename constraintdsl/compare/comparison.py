@@ -357,6 +357,7 @@ def _add(total: list[Any] | None, part: Sequence[Any]) -> list[Any]:
 class _Sums:
     corpus: torch.Tensor | None = None
     hidden: list[torch.Tensor] | None = None
+    moments: torch.Tensor | None = None  # [count, tr C, ‖C‖_F²], folded where the passes ran (one request)
 
 
 @dataclass
@@ -723,9 +724,7 @@ def _compare(
             got = run_session(model, work, remote, progress=status)
         passes.update(work.passes)
         seconds["request"] = got.seconds
-        sums = [_Sums() for _ in runs]
-        for scores in got.corpus:
-            _accumulate(sums, scores)
+        sums = [_Sums(corpus=corpus, moments=moments) for corpus, moments in got.corpus]
         if inputs.ab is not None:
             ab_lp, ab_counts = got.ab, answer_counts(model, inputs.ab)
         gens = got.generations
@@ -778,7 +777,7 @@ def _compare(
             baseline.key, baseline.ab, baseline.ab_counts = key, ab_lp[0], ab_counts
 
     base = sums[of[0]]
-    assert base.corpus is not None and base.hidden is not None
+    assert base.corpus is not None
 
     def tax_of(arm: int) -> dict[str, float]:
         s = sums[of[arm]].corpus
@@ -786,7 +785,9 @@ def _compare(
         return metrics.tax(base.corpus, s)
 
     def pr_of(arm: int) -> float:
-        h = sums[of[arm]].hidden
+        moments, h = sums[of[arm]].moments, sums[of[arm]].hidden
+        if moments is not None:
+            return metrics.participation_ratio_of(*(float(x) for x in moments))
         assert h is not None
         return metrics.participation_ratio(*h)
 

@@ -15,7 +15,7 @@ import torch
 
 from constraintdsl.runtime.scoring import SUM_FIELDS
 
-__all__ = ["ab_probability", "paired_shift", "participation_ratio", "t_quantile", "tax"]
+__all__ = ["ab_probability", "paired_shift", "participation_ratio", "participation_ratio_of", "t_quantile", "tax"]
 
 
 def _array(x: Any) -> npt.NDArray[np.float64]:
@@ -41,8 +41,14 @@ def participation_ratio(n: Any, s: Any, ss: Any) -> float:
         raise ValueError("participation ratio of no vectors: the corpus has no counted tokens")
     mean = _array(s) / count
     cov = _array(ss) / count - np.outer(mean, mean)
-    trace = float(np.trace(cov))
-    square = float(np.sum(cov * cov))  # tr(C²) = ‖C‖_F² for symmetric C
+    return participation_ratio_of(count, float(np.trace(cov)), float(np.sum(cov * cov)))  # tr(C²) = ‖C‖_F²
+
+
+def participation_ratio_of(count: float, trace: float, square: float) -> float:
+    """:func:`participation_ratio` from the covariance's trace and squared Frobenius norm (what
+    :func:`constraintdsl.runtime.scoring.moment_summary` computes where the passes ran)."""
+    if count <= 0:
+        raise ValueError("participation ratio of no vectors: the corpus has no counted tokens")
     if not trace > 0 or square == 0:
         raise ValueError("participation ratio of vectors with no variance (all counted hidden states are equal)")
     return trace * trace / square

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from .ab import ABSet
     from .ab_pass import ABGroup
-    from .passes import CorpusScore, PassWork
+    from .passes import PassWork
 
 __all__ = [
     "REQUEST_TOKENS",
@@ -107,11 +107,12 @@ class SessionWork:
 
 @dataclass(frozen=True)
 class SessionResult:
-    """What came back, on the CPU: corpus scores per pass (one per corpus payload), every A/B reply's summed
-    log-probability per A/B payload, the generations (one per arm shown), the calibrated readouts (one
-    ``[arms · prompts]`` tensor per read), and the request's wall time."""
+    """What came back, on the CPU: per corpus payload its corpus sums over every pass and the summary of its
+    final hidden states' moments (``[count, tr C, ‖C‖_F²]``, folded on the server: the ``[H, H]`` sums stay
+    there), every A/B reply's summed log-probability per A/B payload, the generations (one per arm shown), the
+    calibrated readouts (one ``[arms · prompts]`` tensor per read), and the request's wall time."""
 
-    corpus: list[list[CorpusScore]]
+    corpus: list[tuple[torch.Tensor, torch.Tensor]]
     ab: list[torch.Tensor]
     generations: list[GenerateResult]
     readouts: list[torch.Tensor]
@@ -262,10 +263,8 @@ def _results(model: Any, work: SessionWork, out: Any, seconds: float) -> Session
     from constraintdsl.run.readout import calibrate_reads
     from constraintdsl.run.runner import _split_generate
 
-    from .passes import corpus_scores
-
     corpus_raw, answers_raw, new_ids, teles, reads_raw = out
-    corpus = [corpus_scores(outs, pass_.records) for outs, pass_ in zip(corpus_raw, work.corpus, strict=True)]
+    corpus = [(sums.detach().cpu(), summary.detach().cpu()) for sums, summary in corpus_raw]
     ab: list[torch.Tensor] = []
     if work.ab:
         from .ab_pass import fill_answers
@@ -287,13 +286,15 @@ def _run_session(model: Any, work: SessionWork, backend: Any) -> Any:
     from constraintdsl.compare.passes import _run_answers, _run_corpus
     from constraintdsl.run.readout import _run_project, readout_inputs
     from constraintdsl.run.runner import _run_generate
+    from constraintdsl.runtime.scoring import fold_corpus
 
-    corpus_run, answers_run, generate_run, project_run, inputs_of = (
+    corpus_run, answers_run, generate_run, project_run, inputs_of, fold = (
         _run_corpus,
         _run_answers,
         _run_generate,
         _run_project,
         readout_inputs,
+        fold_corpus,
     )
     corpus_passes = [(w.enc, w.states, w.head or "") for w in work.corpus]
     ab_passes = [(w.enc, w.answer, w.states, w.head, w.keep) for _, w in work.ab if w.answer is not None]
@@ -301,9 +302,10 @@ def _run_session(model: Any, work: SessionWork, backend: Any) -> Any:
     paths, dirs, stops = work.read_paths, work.read_dirs, work.stops
     out = None
     with torch.no_grad(), model.session(backend=backend):
-        corpus = []
+        passes = []
         for enc, states, head in corpus_passes:
-            corpus.append(corpus_run(model, enc, corpus_payloads, states, head, None))
+            passes.append(corpus_run(model, enc, corpus_payloads, states, head, None))
+        corpus = fold(passes)
         answers = []
         for enc, answer, states, cut_at, keep in ab_passes:
             answers.append(answers_run(model, enc, answer, ab_payloads, states, cut_at, keep, None))

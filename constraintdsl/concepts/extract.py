@@ -598,9 +598,14 @@ def extract(
 
     with torch.no_grad():
         # With a test split the train variance comes exactly from the H x H sums; without one the second pass
-        # over train projects every token anyway, so the sums would be wasted work.
+        # over train projects every token anyway, so the sums would be wasted work.  Remote, an H x H sum per
+        # layer would travel back with every batch (43 GB for 80 layers of 8,192), so the train tokens are
+        # projected in a pass of their own instead: a few floats per token.
         sums = _TrainSums(
-            len(chosen), pca=method == "pca" and fixed is None, second_moment=bool(test), local=not remote
+            len(chosen),
+            pca=method == "pca" and fixed is None,
+            second_moment=bool(test) and not remote,
+            local=not remote,
         )
         forward(train, "train" if test else "train, pass 1/2", sums)
         if fixed is not None:
@@ -610,6 +615,10 @@ def extract(
         projections = _Projections(directions, test or train)
         forward(test or train, "test (held out)" if test else "train, pass 2/2 (percentiles)", projections)
         train_stats = {k: v.cpu().numpy() for k, v in sums.projection_stats(directions).items()}
+        if test and "std" not in train_stats:
+            spread = _Projections(directions, train)
+            forward(train, "train, spread", spread)
+            train_stats["std"] = spread.tokens.std(axis=1)
 
     calibrated = projections.tokens  # [L, N]: the test split's tokens, or the train split's
     std = train_stats["std"] if test else calibrated.std(axis=1)

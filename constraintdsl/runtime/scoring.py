@@ -10,9 +10,20 @@ statement leaves a ``__future__`` object in its namespace that the server would 
 Every annotation below is valid at run time on Python 3.10+.
 """
 
+import typing
+
 import torch
 
-__all__ = ["CHUNK_ROWS", "SUM_FIELDS", "answer_logprob", "corpus_sums", "hidden_sums", "predicted_rows"]
+__all__ = [
+    "CHUNK_ROWS",
+    "SUM_FIELDS",
+    "answer_logprob",
+    "corpus_sums",
+    "fold_corpus",
+    "hidden_sums",
+    "moment_summary",
+    "predicted_rows",
+]
 
 # The entries of the vector :func:`corpus_sums` returns, in order.
 SUM_FIELDS = ("count", "nll_sum", "entropy_sum", "kl_sum")
@@ -78,6 +89,30 @@ def hidden_sums(h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     x = h[mask != 0].to(torch.float64)
     n = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
     return n, x.sum(dim=0), x.T @ x
+
+
+def moment_summary(n: torch.Tensor, s: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
+    """From :func:`hidden_sums` totals, ``[count, tr C, ‖C‖_F²]`` float64 of the population covariance
+    ``C = ss / n − μ μᵀ`` (``μ = s / n``): all a participation ratio needs, without the ``[H, H]`` sums."""
+    count = n.to(torch.float64)
+    mean = s / count
+    cov = ss / count - torch.outer(mean, mean)
+    return torch.stack([count, torch.trace(cov), (cov * cov).sum()])
+
+
+def fold_corpus(passes: list[typing.Any]) -> list[list[torch.Tensor]]:
+    """Per payload, every corpus pass's results (each pass: one ``[sums, (n, s, ss), telemetry]`` per payload)
+    added up, with the hidden moments reduced by :func:`moment_summary`: ``[sums, summary]`` per payload.  Run
+    where the passes ran (on the server, for a comparison sent as one request), so ``[H, H]`` sums never travel."""
+    out = []
+    for index in range(len(passes[0])):
+        sums = passes[0][index][0]
+        n, s, ss = passes[0][index][1]
+        for later in passes[1:]:
+            sums = sums + later[index][0]
+            n, s, ss = n + later[index][1][0], s + later[index][1][1], ss + later[index][1][2]
+        out.append([sums, moment_summary(n, s, ss)])
+    return out
 
 
 def answer_logprob(logits: torch.Tensor, ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:

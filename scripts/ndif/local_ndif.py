@@ -475,7 +475,7 @@ def big_tensors(config: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
 
     model_config = AutoConfig.for_model(**config)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config)
+        model = AutoModelForCausalLM.from_config(model_config)  # type: ignore[no-untyped-call]
     tied = set(getattr(model, "_tied_weights_keys", None) or ()) if config.get("tie_word_embeddings") else set()
     return [(name, tuple(t.shape)) for name, t in model.state_dict().items() if name not in tied]
 

@@ -11,8 +11,15 @@ The spy: ``safetensors`` opens files in Rust, out of sight of Python's audit hoo
 ``load_file`` and ``load`` are wrapped (in ``safetensors``, ``safetensors.torch`` and ``safetensors.numpy``)
 before anything imports them, as is ``torch.load``; an audit hook adds every Python-level ``open`` of a
 weight-like file (``.safetensors``, ``.bin``, ``.pt``, …).  At exit it writes one JSON line on stderr:
-``{"client_spy": 1, "peak_rss_bytes": …, "opened": [{"via": …, "path": …}, …], "posted": N}`` (``posted``:
-requests POSTed to NDIF).  ``benchmarks/remote.py`` measures the client the same way (:func:`scale_session`).
+``{"client_spy": 1, "peak_rss_bytes": …, "opened": [{"via": …, "path": …}, …], "posted": N, …}``
+(``posted``: requests POSTed to NDIF).  ``benchmarks/remote.py`` measures the client the same way
+(:func:`scale_session`).
+
+The peak RSS is the process's ``VmHWM`` (``/proc/self/status``), not ``getrusage``'s ``ru_maxrss``, which it
+reports beside it (``rusage_maxrss_bytes``): Linux carries ``ru_maxrss`` over fork and exec, so a client
+started by a process that holds a model reports at least that process's size (from the benchmark, which
+has SmolLM2 loaded, every client read 1401 MB whatever it did).  ``VmHWM`` belongs to the memory the client's
+own image mapped after exec.  (Where ``/proc`` is missing the spy falls back to ``ru_maxrss``.)
 
 Skipped without a server or without ``CDSL_NDIF_BIG`` (see conftest.py); keep token counts small, the server
 computes 1B-parameter forward passes on the CPU.
@@ -91,12 +98,26 @@ if torch.serialization.load is _torch_load:
     torch.serialization.load = torch.load
 
 
+def _high_water():
+    try:
+        with open("/proc/self/status") as status:
+            for row in status:
+                if row.startswith("VmHWM:"):
+                    return int(row.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _report():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    high_water = _high_water()
     line = {
         "client_spy": 1,
-        "peak_rss_bytes": usage.ru_maxrss * 1024,
+        "peak_rss_bytes": usage.ru_maxrss * 1024 if high_water is None else high_water,
+        "peak_rss_source": "getrusage" if high_water is None else "VmHWM",
+        "rusage_maxrss_bytes": usage.ru_maxrss * 1024,
         "children_peak_rss_bytes": children.ru_maxrss * 1024,
         "opened": _opened,
         "posted": _posted[0],
@@ -140,6 +161,7 @@ class ClientRun:
     opened: list[dict[str, Any]] = field(default_factory=list)
     posted: int = -1
     reported: bool = False
+    rusage_maxrss_bytes: int = 0
 
     @property
     def command(self) -> str:
@@ -170,7 +192,8 @@ class ClientRun:
         return (
             f"{self.command}: exit {self.code} in {self.seconds:.1f} s; client peak RSS "
             f"{self.peak_rss_bytes / 1e6:.0f} MB = {share:.1%} of the weights' {weights_bytes / 1e9:.2f} GB "
-            f"(limit {RSS_FRACTION:.0%}: {RSS_FRACTION * weights_bytes / 1e6:.0f} MB); requests posted {self.posted}; "
+            f"(limit {RSS_FRACTION:.0%}: {RSS_FRACTION * weights_bytes / 1e6:.0f} MB; getrusage's ru_maxrss, with the "
+            f"launcher's, {self.rusage_maxrss_bytes / 1e6:.0f} MB); requests posted {self.posted}; "
             f"files opened {self.files()}; loads from memory {len(self.loads())} "
             f"(largest {max(self.loads(), default=0) / 1e6:.1f} MB)"
         )
@@ -206,6 +229,7 @@ def spied_cdsl(args: list[str], *, cwd: Path, env: Mapping[str, str], timeout: f
             run.peak_rss_bytes = int(report["peak_rss_bytes"])
             run.opened = list(report["opened"])
             run.posted = int(report["posted"])
+            run.rusage_maxrss_bytes = int(report["rusage_maxrss_bytes"])
             run.reported = True
             break
     return run
