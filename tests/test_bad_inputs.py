@@ -1020,6 +1020,21 @@ def _(w: Work) -> list[str]:
     return ["models"]
 
 
+@case("compare --no-wait without a server", 2, "--no-wait", "needs --remote or --host")
+def _(w: Work) -> list[str]:
+    return _compare(w, "--no-wait")
+
+
+@case("compare --no-wait rebuilding from the store", 2, "--no-wait", "--from-store runs nothing")
+def _(w: Work) -> list[str]:
+    return _compare(w, "--no-wait", "--host", "http://127.0.0.1:9", "--from-store")
+
+
+@case("job with an id that is no job id", 2, "ID", "is not a job id")
+def _(w: Work) -> list[str]:
+    return ["job", "../etc/passwd"]
+
+
 # ------------------------------------------------------------------------------------------ helpers
 
 

@@ -409,15 +409,10 @@ def _corpus(
         )
         passes += 1
         seconds += took
-        _accumulate(sums, scores)
+        for s, score in zip(sums, scores, strict=True):
+            s.corpus = score.sums.clone() if s.corpus is None else s.corpus + score.sums
+            s.hidden = _add(s.hidden, score.hidden)
     return sums, passes, seconds
-
-
-def _accumulate(sums: Sequence[_Sums], scores: Sequence[Any]) -> None:
-    """Add one corpus pass's scores (one per run arm) into the running sums."""
-    for s, score in zip(sums, scores, strict=True):
-        s.corpus = score.sums.clone() if s.corpus is None else s.corpus + score.sums
-        s.hidden = _add(s.hidden, score.hidden)
 
 
 def _statement_load(plan: Plan, tele: torch.Tensor | None) -> list[dict[str, Any]]:

@@ -30,9 +30,7 @@ __all__ = [
     "AnswerScore",
     "CorpusScore",
     "PassWork",
-    "answer_scores",
     "answers_work",
-    "corpus_scores",
     "corpus_work",
     "score_answers",
     "score_corpus",
@@ -168,13 +166,8 @@ def score_corpus(
     seconds = time.perf_counter() - started
     if outs is None:
         raise RuntimeError("the corpus pass returned no result")
-    return corpus_scores(outs, work.records), seconds
-
-
-def corpus_scores(outs: Sequence[Any], records: Sequence[bool]) -> list[CorpusScore]:
-    """A corpus pass's raw results (one ``[sums, hidden, telemetry]`` per payload) as scores on the CPU."""
     scores = []
-    for (sums, hidden, tele), record in zip(outs, records, strict=True):
+    for (sums, hidden, tele), record in zip(outs, work.records, strict=True):
         n, s, ss = (t.detach().cpu() for t in hidden)
         scores.append(
             CorpusScore(
@@ -183,7 +176,7 @@ def corpus_scores(outs: Sequence[Any], records: Sequence[bool]) -> list[CorpusSc
                 telemetry=tele.detach().cpu() if record and tele is not None else None,
             )
         )
-    return scores
+    return scores, seconds
 
 
 def _run_corpus(
@@ -248,15 +241,10 @@ def score_answers(
     seconds = time.perf_counter() - started
     if outs is None:
         raise RuntimeError("the answer pass returned no result")
-    return answer_scores(outs, work.records), seconds
-
-
-def answer_scores(outs: Sequence[Any], records: Sequence[bool]) -> list[AnswerScore]:
-    """An answer pass's raw results (one ``[logprob, telemetry]`` per payload) as scores on the CPU."""
     return [
         AnswerScore(logprob=lp.detach().cpu(), telemetry=tele.detach().cpu() if record and tele is not None else None)
-        for (lp, tele), record in zip(outs, records, strict=True)
-    ]
+        for (lp, tele), record in zip(outs, work.records, strict=True)
+    ], seconds
 
 
 def _run_answers(
